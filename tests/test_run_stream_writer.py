@@ -1,0 +1,74 @@
+"""Write-behind against a real Redis: order, batching, heartbeats, markers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from redis_stream_response_handler import DONE, ERROR, HEARTBEAT, RESTART, START, TOKEN, RedisStreamResponseHandler
+from run_stream_writer import RunStreamWriter
+
+
+async def all_entries(handler: RedisStreamResponseHandler, conversation: str) -> list[dict[str, str]]:
+    entries: list[tuple[str, dict[str, str]]] = await handler.redis.xrange(f"agent-stream:{conversation}")  # type: ignore[assignment]
+    return [fields for _, fields in entries]
+
+
+async def test_tokens_appended_faster_than_redis_round_trips_arrive_complete_and_in_order(redis_url: str) -> None:
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url) as handler:
+        writer = RunStreamWriter(handler, conversation, "run-1")
+        writer.start()
+        for n in range(2000):  # no await between appends: the flusher must batch
+            writer.append_token(f"{n} ")
+        await writer.finish()
+        entries = await all_entries(handler, conversation)
+
+    tokens = [e for e in entries if e["kind"] == TOKEN]
+    assert [int(e["sequence"]) for e in tokens] == list(range(2000))
+    assert "".join(e["text"] for e in tokens) == "".join(f"{n} " for n in range(2000))
+    assert entries[0]["kind"] == START and entries[-1]["kind"] == DONE and entries[-1]["chunks"] == "2000"
+    assert writer.tokens_written == 2000 and writer.tokens_lost == 0
+
+
+async def test_a_silent_run_writes_heartbeats(redis_url: str) -> None:
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url) as handler:
+        writer = RunStreamWriter(handler, conversation, "run-1", heartbeat_seconds=0.1)
+        writer.start()
+        await asyncio.sleep(0.55)  # a slow tool call
+        writer.append_token("done thinking")
+        await writer.finish()
+        kinds = [e["kind"] for e in await all_entries(handler, conversation)]
+
+    assert kinds[0] == START and kinds[-2:] == [TOKEN, DONE]
+    assert kinds.count(HEARTBEAT) >= 3
+
+
+async def test_the_error_marker_comes_after_every_token(redis_url: str) -> None:
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url) as handler:
+        writer = RunStreamWriter(handler, conversation, "run-1")
+        writer.start()
+        writer.append_token("partial ")
+        await writer.finish(error="RuntimeError: model down")
+        writer.append_token("ignored after the end")
+        entries = await all_entries(handler, conversation)
+
+    assert [e["kind"] for e in entries] == [START, TOKEN, ERROR]
+    assert entries[-1]["error"] == "RuntimeError: model down"
+
+
+async def test_restart_replaces_the_partial_attempt_for_readers(redis_url: str) -> None:
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url, idle_timeout_seconds=2) as handler:
+        writer = RunStreamWriter(handler, conversation, "run-1")
+        writer.start()
+        writer.append_token("half an ")
+        writer.restart_with("The whole recorded answer.", reason="retried without streaming")
+        await writer.finish()
+        chunks = [c async for c in handler.read_stream(conversation, correlation_id="run-1")]
+
+    after_restart = chunks[[c.kind for c in chunks].index(RESTART) :]
+    assert "".join(c.text for c in after_restart) == "The whole recorded answer."
+    assert writer.streamed == "The whole recorded answer."
