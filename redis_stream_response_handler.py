@@ -17,7 +17,8 @@ What each entry holds (all Redis stream fields are strings):
     correlation_id  the run this entry belongs to (one per `run(...)` call)
     timestamp       seconds since the epoch, when the worker produced it
     error           the error message (error markers only)
-    chunks          how many tokens the worker wrote (done markers only)
+    chunks          how many tokens the run produced (done markers only)
+    worker          host:pid of the worker process that ran it (start markers only)
 
 Try it against any Redis (writes a short stream, then reads it back from a cursor):
 
@@ -84,6 +85,7 @@ class StreamChunk:
     timestamp: float = 0.0
     error: str | None = None
     chunks: int | None = None
+    worker: str | None = None
 
     @property
     def is_done(self) -> bool:
@@ -105,6 +107,7 @@ class StreamChunk:
             timestamp=float(fields.get("timestamp", 0.0)),
             error=fields.get("error"),
             chunks=int(chunks) if chunks is not None else None,
+            worker=fields.get("worker"),
         )
 
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import uuid
 
 from redis.exceptions import RedisError
@@ -36,6 +38,7 @@ from redis_stream_response_handler import entry_fields as make_entry
 
 logger = logging.getLogger(__name__)
 
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 WRITE_ATTEMPTS = 4
 FIRST_RETRY_DELAY_SECONDS = 0.1
 
@@ -66,7 +69,8 @@ class RunStreamWriter:
 
     def start(self) -> None:
         """Announce the run on the stream and start the flusher on the running loop."""
-        self._enqueue(make_entry(START, self.correlation_id, 0))
+        # Naming the worker on the start marker shows which process served a run (scale-out, redelivery).
+        self._enqueue(make_entry(START, self.correlation_id, 0, worker=WORKER_NAME))
         self._flusher = asyncio.get_running_loop().create_task(self._flush_until_finished())
 
     def append_token(self, text: str) -> None:
