@@ -42,6 +42,7 @@ from agent_framework_durabletask import (
     AgentSessionId,
     DurableAgentSession,
     DurableAgentState,
+    DurableAgentStateResponse,
     DurableAIAgent,
     DurableAIAgentClient,
 )
@@ -51,7 +52,7 @@ from redis.exceptions import RedisError
 
 from agents import AGENT_NAME
 from config import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, ConfigError, Settings, fail, load_settings, setup_logging
-from local_services import Role, Services, provide_services
+from local_services import Role, Services, announce, provide_services
 from redis_stream_response_handler import (
     RedisStreamResponseHandler,
     StreamChunk,
@@ -103,6 +104,17 @@ def recorded_answer(client: DurableTaskSchedulerClient, session_key: str, correl
     return DurableAgentState.from_json(state_json).try_get_agent_response(correlation_id)
 
 
+def latest_recorded_answer(client: DurableTaskSchedulerClient, session_key: str) -> AgentResponse | None:
+    """The newest answer the durable entity recorded in this conversation, if any."""
+    entity = client.get_entity(EntityInstanceId(AgentSessionId.to_entity_name(AGENT_NAME), session_key))
+    state_json = entity.get_state() if entity is not None else None
+    if not state_json:
+        return None
+    history = DurableAgentState.from_json(state_json).data.conversation_history
+    responses = [entry for entry in history if isinstance(entry, DurableAgentStateResponse) and not entry.is_error]
+    return DurableAgentStateResponse.to_run_response(responses[-1]) if responses else None
+
+
 def wait_for_recorded_answer(
     client: DurableTaskSchedulerClient, session_key: str, correlation_id: str, timeout: float = 10.0
 ) -> AgentResponse | None:
@@ -140,37 +152,80 @@ async def stream_from_redis(
     return final
 
 
-async def stream_turn(
-    agent: DurableAIAgent[AgentResponse],
-    handler: RedisStreamResponseHandler,
-    position: StreamPosition,
-    message: str | None,
-    printer: ChunkPrinter,
-) -> int:
+@dataclass
+class Conversation:
+    """What one client needs for every turn: the agent proxy, the scheduler client, the stream reader."""
+
+    agent: DurableAIAgent[AgentResponse]
+    scheduler: DurableTaskSchedulerClient
+    handler: RedisStreamResponseHandler
+    position: StreamPosition
+
+
+async def stream_turn(conversation: Conversation, message: str | None, printer: ChunkPrinter, verify: bool) -> int:
     """Start a run for `message` (or just reattach when it is None) and stream its answer."""
+    handler, position = conversation.handler, conversation.position
     correlation_id = None
     if message is not None:
         position.cursor = await handler.last_entry_id(position.session_key)
-        correlation_id = await asyncio.to_thread(start_run, agent, message, session_for(position.session_key))
-    else:
-        await check_reattach(handler, position)
+        session = session_for(position.session_key)
+        correlation_id = await asyncio.to_thread(start_run, conversation.agent, message, session)
+    elif not await stream_exists(conversation):
+        return await recover_latest_answer(conversation, printer)
     printer.waiting()
     final = await stream_from_redis(handler, position, printer.print_chunk, correlation_id)
     printer.finish(final)
-    if final.is_done:
-        return EXIT_OK
-    print(f"error: {final.error}", file=sys.stderr)
-    return EXIT_RUN_FAILED
+    if not final.is_done:
+        print(f"error: {final.error}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    if final.missing or verify:
+        return await check_against_record(conversation, final, printer, verify)
+    return EXIT_OK
 
 
-async def check_reattach(handler: RedisStreamResponseHandler, position: StreamPosition) -> None:
-    """A cursor must point into a stream that still exists, not past its end."""
-    newest = await handler.last_entry_id(position.session_key)
+async def stream_exists(conversation: Conversation) -> bool:
+    """A reattach cursor must point into a stream that still exists, and not past its end."""
+    position = conversation.position
+    newest = await conversation.handler.last_entry_id(position.session_key)
     if newest == "0-0":
-        raise ConfigError(f"no stream for session {position.session_key} (it expired, or never existed)")
+        return False
     assert position.cursor is not None
     if _entry_id_key(position.cursor) > _entry_id_key(newest):
         raise ConfigError(f"cursor {position.cursor} is past the end of the stream (newest entry: {newest})")
+    return True
+
+
+async def recover_latest_answer(conversation: Conversation, printer: ChunkPrinter) -> int:
+    """The stream is gone (expired, or Redis restarted): print the answer the durable agent recorded."""
+    key = conversation.position.session_key
+    answer = await asyncio.to_thread(latest_recorded_answer, conversation.scheduler, key)
+    if answer is None:
+        raise ConfigError(f"unknown session {key}: no stream and no recorded answer (it expired, or never existed)")
+    announce("client", "the stream is gone (expired, or Redis restarted); this is the answer the agent recorded:")
+    printer.print_recovered(answer.text)
+    return EXIT_OK
+
+
+async def check_against_record(
+    conversation: Conversation, final: StreamChunk, printer: ChunkPrinter, verify: bool
+) -> int:
+    """Compare what was streamed with the durable record; replace a stream with gaps by the record."""
+    key = conversation.position.session_key
+    record = await asyncio.to_thread(wait_for_recorded_answer, conversation.scheduler, key, final.correlation_id)
+    if record is None:
+        print("error: the agent recorded no answer for this run; cannot verify or recover it", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    if final.missing:
+        announce(
+            "client", f"{final.missing} tokens never reached the stream; the full answer, from the durable record:"
+        )
+        printer.print_recovered(record.text)
+    elif printer.answer != record.text:
+        print("error: the streamed answer differs from the answer the agent recorded", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    if verify:
+        announce("client", "verified: the answer matches the one the durable agent recorded")
+    return EXIT_OK
 
 
 def _entry_id_key(entry_id: str) -> tuple[int, int]:
@@ -185,6 +240,7 @@ class ChunkPrinter:
         self.position = position
         self.as_json = as_json
         self.out = out
+        self.answer = ""  # the current attempt's text, to compare with the durable record
         self._indicator_shown = False
 
     def waiting(self) -> None:
@@ -195,12 +251,25 @@ class ChunkPrinter:
     def print_chunk(self, chunk: StreamChunk) -> None:
         self._clear_indicator()
         if chunk.kind == "restart":
-            print("\n[the answer restarted; what follows replaces the text above]", file=sys.stderr, flush=True)
+            self.answer = ""
+            reason = f" ({chunk.error})" if chunk.error else ""
+            announce("client", f"the answer restarted{reason}; what follows replaces the text above")
+        self.answer += chunk.text
         if self.as_json:
             self._print_json(chunk)
         elif chunk.text:
             self.out.write(chunk.text)
             self.out.flush()
+
+    def print_recovered(self, text: str) -> None:
+        """An answer that did not come from the stream (see `check_against_record`)."""
+        self.answer = text
+        if self.as_json:
+            record = {"session": self.position.session_key, "text": text, "recovered": True, "done": True}
+            self.out.write(json.dumps(record) + "\n")
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
 
     def finish(self, final: StreamChunk) -> None:
         self._clear_indicator()
@@ -236,6 +305,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--session", help="continue this conversation (the session key printed by an earlier run)")
     parser.add_argument("--cursor", help="with --session and no -m: reattach and print only what follows this entry id")
     parser.add_argument("--json", action="store_true", help="print one JSON object per chunk instead of plain text")
+    parser.add_argument("--verify", action="store_true", help="check the streamed answer against the durable record")
     return parser
 
 
@@ -284,17 +354,18 @@ def messages_to_send(args: argparse.Namespace, stdin: TextIO = sys.stdin):
 
 async def run_client(args: argparse.Namespace, settings: Settings, services: Services, position: StreamPosition) -> int:
     """Every turn of one conversation: start a run (or reattach) and stream it."""
-    agent = get_travel_planner(get_client(settings, services))
+    scheduler = get_client(settings, services)
     printer = ChunkPrinter(position, as_json=args.json)
     async with RedisStreamResponseHandler.from_url(
         services.redis_url, idle_timeout_seconds=settings.idle_timeout_seconds
     ) as handler:
+        conversation = Conversation(get_travel_planner(scheduler), scheduler, handler, position)
         if args.cursor is not None:
-            return await stream_turn(agent, handler, position, None, printer)
+            return await stream_turn(conversation, None, printer, args.verify)
         exit_code = EXIT_OK
         for message in messages_to_send(args):
-            print(f"[client] session {position.session_key} (continue it with --session)", file=sys.stderr)
-            exit_code = await stream_turn(agent, handler, position, message, printer)
+            announce("client", f"session {position.session_key} (continue it with --session)")
+            exit_code = await stream_turn(conversation, message, printer, args.verify)
             if exit_code != EXIT_OK:
                 break
         return exit_code

@@ -60,6 +60,8 @@ DEFAULT_TOKEN_DELAY_SECONDS = 0.02
 
 TOKEN_DELAY_ENV = "DEMO_MODEL_TOKEN_DELAY_MS"
 FAIL_AFTER_TOKENS_ENV = "DEMO_MODEL_FAIL_AFTER_TOKENS"
+FIRST_TOKEN_DELAY_ENV = "DEMO_MODEL_FIRST_TOKEN_DELAY_MS"
+STREAM_ONLY_FAILURE_ENV = "DEMO_MODEL_FAIL_STREAM_ONLY"
 
 # Words that introduce a destination, strongest first: "trip to Tokyo" beats
 # "in May" when a request has both.
@@ -244,6 +246,11 @@ class DemoChatClient(
         fail_after_tokens: when set, the itinerary fails with `RuntimeError` after this
             many streamed words (0 = before the first), or at its end if it is shorter;
             the non-streaming itinerary then fails too. Tool calls are never failed.
+        fail_stream_only: with `fail_after_tokens`, only the streamed itinerary fails and the
+            non-streaming retry succeeds (the durable host's fallback then records an answer
+            that was never streamed).
+        first_token_delay_seconds: silence before the itinerary's first word, like a slow
+            tool call or a slow model: the worker's heartbeats must keep readers waiting.
     """
 
     OTEL_PROVIDER_NAME = MODEL_NAME
@@ -253,6 +260,8 @@ class DemoChatClient(
         *,
         token_delay_seconds: float = DEFAULT_TOKEN_DELAY_SECONDS,
         fail_after_tokens: int | None = None,
+        fail_stream_only: bool = False,
+        first_token_delay_seconds: float = 0.0,
     ) -> None:
         if token_delay_seconds < 0:
             raise ValueError(f"token_delay_seconds must be >= 0 (got {token_delay_seconds!r})")
@@ -261,6 +270,8 @@ class DemoChatClient(
         super().__init__()
         self.token_delay_seconds = token_delay_seconds
         self.fail_after_tokens = fail_after_tokens
+        self.fail_stream_only = fail_stream_only
+        self.first_token_delay_seconds = first_token_delay_seconds
         _announce_offline_model()
 
     def _inner_get_response(
@@ -281,7 +292,7 @@ class DemoChatClient(
         if reply.function_calls:
             message = Message("assistant", reply.function_calls)
             return ChatResponse(messages=[message], finish_reason="tool_calls", model=MODEL_NAME, created_at=_now())
-        if self.fail_after_tokens is not None:
+        if self.fail_after_tokens is not None and not self.fail_stream_only:
             # The durable host retries a failed stream once without streaming;
             # failing here too lets tests see the run fail for real.
             raise self._injected_failure()
@@ -304,6 +315,8 @@ class DemoChatClient(
         tokens: list[str] = _TOKEN.findall(reply.text)
         if self.fail_after_tokens is not None:
             tokens = tokens[: self.fail_after_tokens]
+        if self.first_token_delay_seconds:
+            await asyncio.sleep(self.first_token_delay_seconds)
         for index, token in enumerate(tokens):
             if index and self.token_delay_seconds:
                 await asyncio.sleep(self.token_delay_seconds)
@@ -323,8 +336,15 @@ def demo_model_from_env(environ: Mapping[str, str]) -> DemoChatClient:
     """
     delay_ms = _whole_number(environ, TOKEN_DELAY_ENV, "a whole number of milliseconds")
     fail_after = _whole_number(environ, FAIL_AFTER_TOKENS_ENV, "a whole number of tokens")
+    first_token_ms = _whole_number(environ, FIRST_TOKEN_DELAY_ENV, "a whole number of milliseconds") or 0
+    stream_only = environ.get(STREAM_ONLY_FAILURE_ENV, "").strip().lower() in ("1", "true", "yes")
     delay_seconds = DEFAULT_TOKEN_DELAY_SECONDS if delay_ms is None else delay_ms / 1000
-    return DemoChatClient(token_delay_seconds=delay_seconds, fail_after_tokens=fail_after)
+    return DemoChatClient(
+        token_delay_seconds=delay_seconds,
+        fail_after_tokens=fail_after,
+        fail_stream_only=stream_only,
+        first_token_delay_seconds=first_token_ms / 1000,
+    )
 
 
 def _whole_number(environ: Mapping[str, str], name: str, accepted: str) -> int | None:

@@ -32,7 +32,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -86,6 +86,7 @@ class StreamChunk:
     error: str | None = None
     chunks: int | None = None
     worker: str | None = None
+    missing: int = 0  # set by the reader on a done chunk: tokens of this run it knows it never received
 
     @property
     def is_done(self) -> bool:
@@ -248,7 +249,7 @@ class RedisStreamResponseHandler:
         With `correlation_id`, only that run's entries are yielded; without it,
         the reader follows the first run it meets after the cursor. Heartbeats
         and other runs' entries are not yielded but do prove the worker alive.
-        A token already seen (a retried batch) is skipped. When nothing arrives
+        See `RunTracker` for repeats, restarts and gaps. When nothing arrives
         for the idle timeout, the read ends with an error chunk instead of
         hanging, whether or not any data had arrived before.
         """
@@ -257,10 +258,11 @@ class RedisStreamResponseHandler:
         try:
             async for chunk in self.read_entries(conversation_id, cursor):
                 last_entry_id = chunk.entry_id
-                if not run.accepts(chunk):
+                visible = run.accept(chunk)
+                if visible is None:
                     continue
-                yield chunk
-                if chunk.kind in MARKERS_THAT_END_A_RUN:
+                yield visible
+                if visible.kind in MARKERS_THAT_END_A_RUN:
                     return
         except StreamIdleTimeoutError:
             yield StreamChunk(
@@ -281,26 +283,50 @@ def _raise_if_cancel_was_swallowed() -> None:
 
 
 class RunTracker:
-    """Follows one run through a shared stream: which entries belong to it, and which are repeats."""
+    """Follows one run through a shared stream, turning raw entries into what a reader should see.
+
+    - entries of other runs, and heartbeats, are dropped;
+    - a token already seen (a batch the worker wrote twice after a dropped
+      connection) is dropped;
+    - a second `start` for the same run (the scheduler delivered it again after
+      a worker died) becomes a `restart`: the answer starts over;
+    - a jump in sequence numbers, or a done marker whose `chunks` is more than
+      what arrived, is counted in `missing`, set on the done chunk: the reader
+      can then take the answer from the durable record instead.
+    """
 
     def __init__(self, correlation_id: str | None) -> None:
         self.correlation_id = correlation_id
         self.next_sequence = 0
         self.seen_any = False
+        self.started = False
+        self.missing = 0
 
-    def accepts(self, chunk: StreamChunk) -> bool:
+    def accept(self, chunk: StreamChunk) -> StreamChunk | None:
         if self.correlation_id is None and chunk.kind != HEARTBEAT:
             self.correlation_id = chunk.correlation_id  # follow the first run after the cursor
         if chunk.correlation_id != self.correlation_id or chunk.kind == HEARTBEAT:
-            return False
+            return None
         if chunk.kind in (START, RESTART):
-            self.next_sequence = 0  # a new attempt numbers its tokens from 0 again
+            chunk = self._begin_attempt(chunk)
         elif chunk.kind == TOKEN:
             if self.seen_any and chunk.sequence < self.next_sequence:
-                return False  # a batch the worker wrote twice after a dropped connection
+                return None
+            if self.seen_any:
+                self.missing += chunk.sequence - self.next_sequence
             self.next_sequence = chunk.sequence + 1
+        elif chunk.kind == DONE:
+            self.missing += max(0, (chunk.chunks or 0) - self.next_sequence) if self.seen_any else 0
+            chunk = replace(chunk, missing=self.missing)
         self.seen_any = True
-        return True
+        return chunk
+
+    def _begin_attempt(self, chunk: StreamChunk) -> StreamChunk:
+        again = chunk.kind == START and self.started
+        self.started, self.next_sequence, self.missing = True, 0, 0
+        if again:
+            return replace(chunk, kind=RESTART, error="the run was delivered again after its worker stopped")
+        return chunk
 
     def idle_message(self, idle_timeout: float) -> str:
         if not self.seen_any:
