@@ -19,14 +19,14 @@ import redis
 
 from client import new_session_key, session_for, start_run
 from local_services import PrivateRedisServer, free_port
-from redis_stream_response_handler import DONE, RESTART, START, TOKEN, RedisStreamResponseHandler, entry_fields
+from redis_stream_response_handler import DONE, RESTART, START, TOKEN, entry_fields
 from tests.conftest import ROOT, cli_environment, run_cli
 from tests.test_cli import WorkerProcess, start_worker
 from tests.test_end_to_end import ask, connect, text_of, worker_stack
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a generator fixture
+def worker(tmp_path_factory: pytest.TempPathFactory):
     running = start_worker(tmp_path_factory.mktemp("fault-worker"), DEMO_MODEL_TOKEN_DELAY_MS="5")
     yield running
     running.stop()
@@ -49,6 +49,7 @@ def test_client_killed_at_random_points_resumes_byte_identical(worker: WorkerPro
     rng = random.Random(20261125)
     for trial in range(4):
         session, cursor, received = new_session_key(), None, ""
+        records: list[dict[str, object]] = []
         args = ["--session", session, "-m", f"Plan a 3-day trip to Kyoto, trial {trial}"]
         for _kill in range(5):
             lines = _run_and_kill(worker, [*args, "--json"], after_seconds=rng.uniform(0.05, 0.6))
@@ -95,7 +96,7 @@ def test_verify_confirms_the_streamed_answer_equals_the_record(worker: WorkerPro
 
 
 def test_a_gap_in_the_stream_is_filled_from_the_durable_record(worker: WorkerProcess) -> None:
-    records, first = json_run(worker, "-m", "Plan a 2-day trip to Bergen")
+    records, _ = json_run(worker, "-m", "Plan a 2-day trip to Bergen")
     session = str(records[0]["session"])
     worker_redis(worker).xdel(f"agent-stream:{session}", str(records[5]["entry_id"]))  # one token lost
 
