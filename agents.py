@@ -3,9 +3,11 @@
 `create_travel_agent()` builds an Agent Framework `Agent` named "TravelPlanner"
 that plans trips with two tools, `get_weather_forecast` and `get_local_events`.
 Both tools return deterministic demo data, so runs are repeatable. The chat
-client comes from `create_chat_client()`; today that is always the offline demo
-model in `demo_model.py`, which calls both tools and then streams a markdown
-itinerary built from their results.
+client comes from `create_chat_client()`: the model provider configured in the
+environment (Microsoft Foundry, Azure OpenAI, OpenAI or any OpenAI-compatible
+server; see `providers.py` for the order), else the offline demo model in
+`demo_model.py`, which calls both tools and then streams a markdown itinerary
+built from their results.
 
 Try it (no services needed, the agent runs in-process):
 
@@ -23,7 +25,8 @@ from typing import Annotated
 from agent_framework import Agent, SupportsChatGetResponse
 from pydantic import Field
 
-from demo_model import MAX_DAYS, demo_model_from_env
+import providers
+from demo_model import MAX_DAYS
 
 AGENT_NAME = "TravelPlanner"
 
@@ -88,13 +91,14 @@ def get_local_events(
 def create_chat_client(
     environ: Mapping[str, str] = os.environ,
 ) -> SupportsChatGetResponse:
-    """Return the chat client the agent talks to.
+    """Return the chat client the agent talks to, chosen from `environ`.
 
-    For now this is always the offline demo model, tuned by the DEMO_MODEL_*
-    variables in `environ`; real providers chosen from the environment are meant
-    to be added here later.
+    The first fully configured provider wins (Foundry, Azure OpenAI, OpenAI, an
+    OpenAI-compatible server); with none, the offline demo model, tuned by the
+    DEMO_MODEL_* variables. A half-configured provider raises `config.ConfigError`.
+    See `providers.py`.
     """
-    return demo_model_from_env(environ)
+    return providers.create_chat_client(environ)
 
 
 def create_travel_agent(chat_client: SupportsChatGetResponse | None = None) -> Agent:

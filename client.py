@@ -328,6 +328,12 @@ def check_message(message: str) -> str:
         raise ConfigError('the message is empty: pass -m "Plan a 2-day trip to Paris"')
     if len(message) > MAX_MESSAGE_CHARACTERS:
         raise ConfigError(f"the message has {len(message)} characters; the limit is {MAX_MESSAGE_CHARACTERS}")
+    try:
+        message.encode("utf-8")  # bytes that are not UTF-8 (in argv, or typed) arrive as lone surrogates
+    except UnicodeEncodeError:
+        raise ConfigError(
+            "the message is not valid UTF-8 text; check your terminal's encoding (e.g. LANG=C.UTF-8)"
+        ) from None
     return message
 
 

@@ -14,7 +14,10 @@ Variables (all optional; `.env.example` lists them with their defaults):
 
     ENDPOINT                     Durable Task Scheduler endpoint (http:// emulator, https:// Azure)
     TASKHUB                      task hub name                                   (default: default)
-    REDIS_CONNECTION_STRING      redis://, rediss:// or unix:// URL of your Redis
+    REDIS_CONNECTION_STRING      redis://, rediss:// or unix:// URL of your Redis; put an ACL user and
+                                 password in it as redis://user:password@host:6379 (never printed)
+    REDIS_TLS_CA_FILE            PEM file of the CA that signed your Redis server's certificate, for
+                                 rediss:// with a private CA              (default: the system's CAs)
     REDIS_STREAM_TTL_MINUTES     how long a finished stream is kept              (default: 10)
     REDIS_STREAM_MAX_LENGTH      approximate cap on entries per stream           (default: 10000)
     STREAM_IDLE_TIMEOUT_SECONDS  reader gives up after this long with no entry   (default: 20)
@@ -31,8 +34,9 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from dotenv import load_dotenv
 
@@ -81,6 +85,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     redis_url = _optional(environ, "REDIS_CONNECTION_STRING")
     if redis_url is not None:
         _check_redis_url(redis_url)
+    ca_file = _optional(environ, "REDIS_TLS_CA_FILE")
+    if ca_file is not None:
+        redis_url = _with_tls_ca_file(redis_url, ca_file)
     return Settings(
         endpoint=endpoint,
         taskhub=_optional(environ, "TASKHUB") or DEFAULT_TASKHUB,
@@ -191,3 +198,26 @@ def _check_redis_url(url: str) -> None:
         _ = parts.port
     except ValueError:
         raise ConfigError(f"REDIS_CONNECTION_STRING has an invalid port (got {redact_url(url)!r})") from None
+
+
+def _with_tls_ca_file(redis_url: str | None, ca_file: str) -> str:
+    """`redis_url` with `ssl_ca_certs=<ca_file>`, the query argument redis-py's `from_url` understands.
+
+    Carrying the CA in the URL means every Redis client the sample creates
+    (start-up check, worker, reader) verifies the server the same way.
+    """
+    if redis_url is None or urlsplit(redis_url).scheme != "rediss":
+        raise ConfigError(
+            "REDIS_TLS_CA_FILE only applies to a rediss:// REDIS_CONNECTION_STRING "
+            f"(got {redact_url(redis_url or 'none')!r}); use rediss:// or unset REDIS_TLS_CA_FILE"
+        )
+    path = Path(ca_file).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"REDIS_TLS_CA_FILE must be the PEM file of the CA that signed your Redis server's certificate "
+            f"(no such file: {ca_file!r}); fix it or unset it"
+        )
+    parts = urlsplit(redis_url)
+    query = [(name, value) for name, value in parse_qsl(parts.query) if name != "ssl_ca_certs"]
+    query.append(("ssl_ca_certs", str(path.resolve())))
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/")))

@@ -26,15 +26,17 @@ import ctypes
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import redis
 from durabletask.testing import InMemoryOrchestrationBackend
@@ -125,21 +127,57 @@ def _provide_redis(settings: Settings, stack: ExitStack, role: Role) -> str:
 
 
 def check_redis(url: str, name: str) -> None:
-    """PING `url` once, turning each way it can fail into one actionable line."""
+    """PING `url` once, turning each way it can fail into one actionable line (never showing a password)."""
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         client.ping()
-    except redis.AuthenticationError:
-        raise ConfigError(
-            f"Redis refused the credentials in {name} ({redact_url(url)}); check user and password"
-        ) from None
-    except redis.ResponseError as error:
-        # Redis answers NOAUTH / WRONGPASS as plain errors on some versions.
-        raise ConfigError(f"Redis at {redact_url(url)} ({name}) refused the connection: {error}") from None
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
-        raise ConfigError(f"nothing usable answers at {redact_url(url)} ({name}): {error}") from None
+    except redis.RedisError as error:
+        raise ConfigError(explain_redis_failure(url, name, error)) from None
     finally:
         client.close()
+
+
+def explain_redis_failure(url: str, name: str, error: redis.RedisError) -> str:
+    """One line saying what went wrong talking to Redis at `url`, and what to change."""
+    parts = urlsplit(url)
+    where = f"{redact_url(url)} ({name})"
+    cause = error.__context__
+    if isinstance(error, redis.AuthenticationError) or _is_auth_refusal(error):
+        if parts.password is None:
+            return f"Redis at {where} requires a password: use {parts.scheme}://user:password@host:port"
+        return f"Redis at {where} refused the user name or password; check the credentials in {name}"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate verification failed for {where}: {cause.verify_message}; set REDIS_TLS_CA_FILE "
+            "to the PEM file of the CA that signed the server's certificate"
+        )
+    if isinstance(cause, FileNotFoundError) and parts.scheme == "rediss":
+        return f"the CA file named in {where} does not exist; fix REDIS_TLS_CA_FILE"
+    if parts.scheme == "rediss" and isinstance(cause, (ssl.SSLError, TimeoutError)):
+        return f"{where} did not complete a TLS handshake; if that Redis does not use TLS, use redis:// instead"
+    if isinstance(error, redis.ResponseError):
+        return f"Redis at {where} refused the connection: {error}"
+    if parts.scheme == "redis" and not isinstance(cause, ConnectionRefusedError) and _speaks_tls(parts):
+        return f"{where} does not speak plaintext Redis, it expects TLS; use rediss:// (and REDIS_TLS_CA_FILE)"
+    return f"nothing usable answers at {where}: {error}"
+
+
+def _is_auth_refusal(error: redis.RedisError) -> bool:
+    # Some servers answer a missing or wrong password as a plain error reply.
+    return str(error).startswith(("NOAUTH", "WRONGPASS", "invalid password", "invalid username-password"))
+
+
+def _speaks_tls(parts: SplitResult) -> bool:
+    """True when the server at `parts` completes a TLS handshake (certificate not checked: this only diagnoses)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    address = (parts.hostname or "localhost", parts.port or 6379)
+    try:
+        with socket.create_connection(address, timeout=1) as raw, context.wrap_socket(raw, server_hostname=address[0]):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -174,12 +212,21 @@ def embedded_scheduler(port: int):
 
 
 class PrivateRedisServer:
-    """A real `redis-server` child process on 127.0.0.1, with no persistence."""
+    """A real `redis-server` child process on 127.0.0.1, with no persistence.
 
-    def __init__(self, port: int) -> None:
+    `extra_args` are appended to its command line (a later directive wins, so
+    `--port 0 --tls-port P ...` turns it into a TLS-only server); pass the `url`
+    that reaches it then (it is what readiness is checked with), and `binary`
+    to choose the executable.
+    """
+
+    def __init__(
+        self, port: int, *, extra_args: Sequence[str] = (), url: str | None = None, binary: str | None = None
+    ) -> None:
         self.port = port
-        self.url = f"redis://127.0.0.1:{port}"
-        self.binary, self.origin = find_redis_server()
+        self.url = url or f"redis://127.0.0.1:{port}"
+        self.binary, self.origin = (binary, binary) if binary else find_redis_server()
+        self.extra_args = list(extra_args)
         self._workdir = tempfile.TemporaryDirectory(prefix="private-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -187,7 +234,7 @@ class PrivateRedisServer:
         log_path = Path(self._workdir.name) / "redis.log"
         # --save "" and --appendonly no: nothing touches the disk; --bind: loopback only.
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        command += ["--dir", self._workdir.name, "--logfile", str(log_path)]
+        command += ["--dir", self._workdir.name, "--logfile", str(log_path), *self.extra_args]
         self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self._wait_until_ready(log_path)
         return self
@@ -202,7 +249,7 @@ class PrivateRedisServer:
         self._workdir.cleanup()
 
     def _wait_until_ready(self, log_path: Path, timeout: float = 10.0) -> None:
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self._process is not None

@@ -4,7 +4,13 @@
 the embedded in-memory scheduler) gets a plaintext gRPC channel and no
 credential; an `https://` endpoint (Azure Durable Task Scheduler) gets TLS and
 an Azure credential (`DefaultAzureCredential`: `az login` on a laptop, a
-managed identity in Azure).
+managed identity in Azure; set AZURE_CLIENT_ID to pick a user-assigned one).
+
+Connection strings: the Azure portal also shows the scheduler as
+"Endpoint=https://...;Authentication=DefaultAzure;TaskHub=...". The installed
+durabletask-azuremanaged SDK (1.12) has no parser for that form (its worker
+and client take `host_address`, `taskhub` and `token_credential` only), so
+this sample takes the endpoint URL in ENDPOINT and the hub in TASKHUB instead.
 
 Try it: `uv run python scheduler.py http://localhost:8080`
 """

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from local_services import PrivateRedisServer, embedded_scheduler, free_port
+from providers import PROVIDER_VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,12 +25,16 @@ _CONFIG_VARIABLES = (
     "ENDPOINT",
     "TASKHUB",
     "REDIS_CONNECTION_STRING",
+    "REDIS_TLS_CA_FILE",
     "REDIS_STREAM_TTL_MINUTES",
     "REDIS_STREAM_MAX_LENGTH",
     "STREAM_IDLE_TIMEOUT_SECONDS",
     "STREAM_HEARTBEAT_SECONDS",
     "DEMO_MODEL_TOKEN_DELAY_MS",
     "DEMO_MODEL_FAIL_AFTER_TOKENS",
+    "DEMO_MODEL_FIRST_TOKEN_DELAY_MS",
+    "DEMO_MODEL_FAIL_STREAM_ONLY",
+    *PROVIDER_VARIABLES,
 )
 
 
