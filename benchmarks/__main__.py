@@ -1,0 +1,171 @@
+"""Run every benchmark, print the tables, write results.json and (with matplotlib) PNG plots.
+
+    uv run python -m benchmarks --quick                              # CI smoke run, < 1 minute
+    uv run --group bench python -m benchmarks --full --plots docs    # the published figures
+
+A private redis-server is started on a free port (and, when the binary supports
+TLS, a second one on a TLS port with a throwaway self-signed certificate), so
+the figures do not depend on whatever Redis the machine runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from benchmarks import delivery_latency, footprint, report, scaling, time_to_first_token, write_throughput
+from benchmarks.agent_stack import agent_stack
+from benchmarks.common import FULL, QUICK, Mode, RedisTarget, redis_server_binaries, redis_version, tls_redis_server
+from local_services import PrivateRedisServer, free_port
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description="Benchmarks for reliable, resumable streaming."
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small runs for CI (< 1 minute)")
+    size.add_argument("--full", action="store_true", help="the full benchmark (default)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"folder for results.json (default: {DEFAULT_OUT})"
+    )
+    parser.add_argument("--plots", type=Path, default=None, help="folder for the PNG plots (default: --out)")
+    return parser.parse_args(argv)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "platform": platform.platform()}
+
+
+@contextlib.contextmanager
+def timed(label: str, timings: dict[str, float]) -> Iterator[None]:
+    print(f"[bench] {label} …", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    yield
+    timings[label] = round(time.perf_counter() - started, 1)
+
+
+def start_redis(stack: ExitStack, results: dict[str, Any]) -> tuple[RedisTarget, RedisTarget | None]:
+    """The TLS server first (it finds a TLS-capable binary), then a plaintext one from the same binary."""
+    binaries = redis_server_binaries()
+    tls: RedisTarget | None = None
+    try:
+        tls = stack.enter_context(tls_redis_server(binaries))
+    except (RuntimeError, ImportError, OSError) as error:
+        results["notes"].append(f"TLS not measured: no redis-server here accepts TLS options ({error})")
+    server = PrivateRedisServer(free_port())
+    if tls is not None:
+        server.binary = tls.binary  # compare plain and TLS on the same server build
+    stack.enter_context(server)
+    plain = RedisTarget("plain", server.url, binary=server.binary)
+    results["redis"] = {"version": redis_version(server.url), "binary": server.binary, "tls": tls is not None}
+    if tls is not None:
+        results["redis"]["tls_version"] = redis_version_tls(tls)
+    return plain, tls
+
+
+def redis_version_tls(target: RedisTarget) -> str:
+    import redis
+
+    client = redis.Redis.from_url(target.url, ssl_ca_certs=target.ca_file)
+    try:
+        return str(client.info("server")["redis_version"])
+    finally:
+        client.close()
+
+
+def run_all(mode: Mode, results: dict[str, Any]) -> None:
+    timings: dict[str, float] = results["seconds_per_section"]
+    with ExitStack() as stack:
+        plain, tls = start_redis(stack, results)
+        with timed("1. delivery latency", timings):
+            rows, raw = asyncio.run(delivery_latency.measure(plain, mode))
+            results["delivery_latency"] = rows
+            results["raw"]["delivery_latency_ms"] = {k: [round(v * 1000, 3) for v in s] for k, s in raw.items()}
+        with timed("2. write throughput", timings):
+            results["write_throughput"] = asyncio.run(write_throughput.measure(plain, mode))
+            if tls is not None:
+                results["write_throughput"] += asyncio.run(write_throughput.measure(tls, mode))
+        with timed("3. time to first token", timings):
+            results["time_to_first_token"] = []
+            for delay_ms, repetitions in ((0, mode.ttft_repetitions), (20, mode.paced_ttft_repetitions)):
+                with agent_stack(plain.url, token_delay_ms=delay_ms) as agents:
+                    rows = asyncio.run(time_to_first_token.measure(agents, repetitions, delay_ms))
+                results["time_to_first_token"] += rows
+        run_scaling(plain, mode, results)
+        with timed("5. footprint", timings):
+            results["footprint"] = asyncio.run(footprint.measure(plain))
+
+
+def run_scaling(plain: RedisTarget, mode: Mode, results: dict[str, Any]) -> None:
+    most = max(mode.agent_sessions)
+    runs = max(32, most)
+    results["notes"].append(
+        f"get_worker(max_concurrent_runs=...) defaults to 32; the end-to-end scaling run passes {runs} "
+        f"so that {most} sessions run at once"
+    )
+    with (
+        timed("4. scaling", results["seconds_per_section"]),
+        agent_stack(plain.url, token_delay_ms=20, max_concurrent_runs=runs) as agents,
+    ):
+        measuring = scaling.measure(agents, mode.stream_sessions, mode.stream_tokens, mode.agent_sessions)
+        results["scaling"] = asyncio.run(measuring)
+
+
+def write_outputs(results: dict[str, Any], out: Path, plots: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"[bench] wrote {path}", file=sys.stderr)
+    try:
+        from benchmarks.plots import write_plots
+
+        for png in write_plots(results, plots):
+            print(f"[bench] wrote {png}", file=sys.stderr)
+    except ImportError:
+        print("[bench] no plots: matplotlib is not installed (uv run --group bench ...)", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None, run: Callable[[Mode, dict[str, Any]], None] = run_all) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    mode = QUICK if args.quick else FULL
+    command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+    results: dict[str, Any] = {"mode": mode.name, "command": command.strip(), "machine": machine()}
+    results.update({"notes": [], "raw": {}, "seconds_per_section": {}, "load_average_before": os.getloadavg()})
+    started = time.perf_counter()
+    run(mode, results)
+    results["seconds_total"] = round(time.perf_counter() - started, 1)
+    results["load_average_after"] = os.getloadavg()
+    results["targets"] = report.check_targets(results)
+    print(f"\nMachine: {results['machine']}\nRedis: {results['redis']}")
+    print(
+        f"Load average (1/5/15 min) before: {results['load_average_before']}, after: {results['load_average_after']}\n"
+    )
+    print(report.render(results))
+    print(f"\n{mode.name} run: {results['seconds_total']} s ({results['seconds_per_section']})")
+    write_outputs(results, args.out, args.plots or args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Turns the benchmark results into tables (markdown, also printed to the terminal) and target checks.
+
+Not a measurement by itself: `__main__` calls it after the runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.common import Row
+
+# section -> (title, [(column key, header)])
+COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "delivery_latency": (
+        "1. Delivery latency (token written → reader yields it), ms",
+        [
+            ("pace", "pace"),
+            ("variant", "variant"),
+            ("n", "tokens"),
+            ("p50_ms", "p50"),
+            ("p90_ms", "p90"),
+            ("p99_ms", "p99"),
+            ("max_ms", "max"),
+        ],
+    ),
+    "write_throughput": (
+        "2. Write throughput, no pacing (median of repetitions), chunks/s",
+        [
+            ("transport", "transport"),
+            ("variant", "variant"),
+            ("chunks", "chunks/rep"),
+            ("repetitions", "reps"),
+            ("median_chunks_per_s", "median"),
+            ("min_chunks_per_s", "min"),
+            ("max_chunks_per_s", "max"),
+            ("x_naive", "× naive"),
+        ],
+    ),
+    "time_to_first_token": (
+        "3. Time to first token (fire-and-forget start_run → first token at the client), ms",
+        [
+            ("model", "model"),
+            ("leg", "leg"),
+            ("n", "runs"),
+            ("p50_ms", "p50"),
+            ("p90_ms", "p90"),
+            ("p99_ms", "p99"),
+            ("max_ms", "max"),
+        ],
+    ),
+    "scaling": (
+        "4. Scaling: concurrent sessions at LLM pace (20 ms/token)",
+        [
+            ("layer", "layer"),
+            ("sessions", "sessions"),
+            ("completed_in_order", "complete, in order"),
+            ("tokens_per_session", "tokens/session"),
+            ("aggregate_tokens_per_s", "tokens/s"),
+            ("wall_s", "wall s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("max_ms", "max ms"),
+            ("peak_rss_mib", "peak RSS MiB"),
+            ("memory_usage_per_stream_bytes", "MEMORY USAGE/stream B"),
+        ],
+    ),
+    "footprint": (
+        "5. Redis footprint (MEMORY USAGE … SAMPLES 0) and its bounds",
+        [
+            ("check", "check"),
+            ("entries", "entries"),
+            ("memory_usage_bytes", "bytes"),
+            ("bytes_per_entry", "B/entry"),
+            ("ttl_s", "TTL s"),
+            ("bounded", "bounded"),
+        ],
+    ),
+}
+
+
+def markdown_table(rows: Sequence[Row], columns: Sequence[tuple[str, str]]) -> str:
+    lines = ["| " + " | ".join(header for _, header in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if value >= 100 else f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def render(results: dict[str, Any]) -> str:
+    """Every section that ran, as markdown tables, followed by the target checks."""
+    parts: list[str] = []
+    for section, (title, columns) in COLUMNS.items():
+        rows = results.get(section)
+        if rows:
+            parts.append(f"### {title}\n\n{markdown_table(rows, columns)}")
+    for note in results.get("notes", []):
+        parts.append(f"Note: {note}")
+    targets = results.get("targets", [])
+    if targets:
+        columns = [("target", "target"), ("measured", "measured"), ("met", "met")]
+        parts.append("### Targets\n\n" + markdown_table(targets, columns))
+    return "\n\n".join(parts)
+
+
+# ---- targets -----------------------------------------------------------------
+
+
+def _find(rows: Sequence[Row], **match: Any) -> Row | None:
+    for row in rows:
+        if all(str(row.get(key, "")).startswith(str(value)) for key, value in match.items()):
+            return row
+    return None
+
+
+def check_targets(results: dict[str, Any]) -> list[Row]:
+    checks: list[Row] = []
+    checks += _latency_targets(results.get("delivery_latency", []))
+    checks += _throughput_targets(results.get("write_throughput", []))
+    ttft = _find(results.get("time_to_first_token", []), leg="TTFT total")
+    if ttft:
+        checks.append(
+            _check("TTFT p50 < 50 ms (offline model, 0 ms/token)", f"{ttft['p50_ms']:.1f} ms", ttft["p50_ms"] < 50)
+        )
+    for row in results.get("scaling", []):
+        if row["sessions"] == 100:
+            ok = row["completed_in_order"] == 100 and row["p99_ms"] < 50
+            measured = f"{row['completed_in_order']}/100 complete, p99 {row['p99_ms']:.1f} ms"
+            checks.append(_check(f"100 sessions complete, in order, p99 < 50 ms ({row['layer']})", measured, ok))
+    return checks
+
+
+def _latency_targets(rows: Sequence[Row]) -> list[Row]:
+    checks: list[Row] = []
+    for pace in sorted({row["pace"] for row in rows}):
+        ours, naive, limit = (_find(rows, pace=pace, variant=v) for v in ("ours", "naive", "limit"))
+        if not (ours and naive and limit):
+            continue
+        short = pace.split(" (")[0]
+        ratio = naive["p50_ms"] / ours["p50_ms"]
+        checks.append(_check(f"delivery p50 ≥100× lower than 1 s polling ({short})", f"{ratio:,.0f}×", ratio >= 100))
+        gap = ours["p50_ms"] - limit["p50_ms"]
+        checks.append(_check(f"delivery p50 within 2 ms of bare XREAD BLOCK ({short})", f"{gap:+.2f} ms", gap <= 2))
+    return checks
+
+
+def _throughput_targets(rows: Sequence[Row]) -> list[Row]:
+    checks: list[Row] = []
+    for transport, needed in (("plain", 20), ("tls", 50)):
+        ours = _find(rows, transport=transport, variant="ours: RunStreamWriter, append all")
+        yielding = _find(rows, transport=transport, variant="ours: RunStreamWriter, yield")
+        if ours and yielding:
+            measured = f"{ours['x_naive']:,.1f}× (yielding per token: {yielding['x_naive']:,.1f}×)"
+            checks.append(
+                _check(f"write throughput ≥{needed}× conn-per-chunk ({transport})", measured, ours["x_naive"] >= needed)
+            )
+    return checks
+
+
+def _check(target: str, measured: str, met: bool) -> Row:
+    return {"target": target, "measured": measured, "met": met}
