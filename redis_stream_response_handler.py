@@ -19,6 +19,7 @@ What each entry holds (all Redis stream fields are strings):
     error           the error message (error markers only)
     chunks          how many tokens the run produced (done markers only)
     worker          host:pid of the worker process that ran it (start markers only)
+    attempt         id of one attempt at the answer (start and restart markers)
 
 Try it against any Redis (writes a short stream, then reads it back from a cursor):
 
@@ -86,6 +87,7 @@ class StreamChunk:
     error: str | None = None
     chunks: int | None = None
     worker: str | None = None
+    attempt: str | None = None
     missing: int = 0  # set by the reader on a done chunk: tokens of this run it knows it never received
 
     @property
@@ -109,6 +111,7 @@ class StreamChunk:
             error=fields.get("error"),
             chunks=int(chunks) if chunks is not None else None,
             worker=fields.get("worker"),
+            attempt=fields.get("attempt"),
         )
 
 
@@ -182,6 +185,22 @@ class RedisStreamResponseHandler:
             pipe.expire(key, self.ttl_seconds)
             results = await pipe.execute()
         return [str(entry_id) for entry_id in results[:-1]]
+
+    async def write_streams(self, streams: list[tuple[str, list[dict[str, str]]]], expire: set[str]) -> None:
+        """Append entries to several conversations' streams in ONE round trip (the flusher's batch).
+
+        Not a transaction (MULTI cannot span keys on a cluster): after a dropped
+        connection a retry may repeat entries, which readers skip. EXPIRE only
+        for the streams in `expire`: the writer refreshes a TTL when it is due.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conversation_id, entries in streams:
+                key = stream_key(conversation_id)
+                for fields in entries:
+                    pipe.xadd(key, fields, maxlen=self.max_length, approximate=True)  # type: ignore[arg-type]
+            for conversation_id in expire:
+                pipe.expire(stream_key(conversation_id), self.ttl_seconds)
+            await pipe.execute()
 
     async def write_chunk(self, conversation_id: str, text: str, sequence: int, correlation_id: str) -> str:
         return (await self.write_entries(conversation_id, [entry_fields(TOKEN, correlation_id, sequence, text)]))[0]
@@ -288,8 +307,9 @@ class RunTracker:
     - entries of other runs, and heartbeats, are dropped;
     - a token already seen (a batch the worker wrote twice after a dropped
       connection) is dropped;
-    - a second `start` for the same run (the scheduler delivered it again after
-      a worker died) becomes a `restart`: the answer starts over;
+    - a second `start` for the same run with a new attempt id (the scheduler
+      delivered it again after a worker died) becomes a `restart`: the answer
+      starts over; the same attempt id again is a repeat, and is dropped;
     - a jump in sequence numbers, or a done marker whose `chunks` is more than
       what arrived, is counted in `missing`, set on the done chunk: the reader
       can then take the answer from the durable record instead.
@@ -299,7 +319,7 @@ class RunTracker:
         self.correlation_id = correlation_id
         self.next_sequence = 0
         self.seen_any = False
-        self.started = False
+        self.attempt: str | None = None  # id of the attempt being read; None until its start marker
         self.missing = 0
 
     def accept(self, chunk: StreamChunk) -> StreamChunk | None:
@@ -308,7 +328,10 @@ class RunTracker:
         if chunk.correlation_id != self.correlation_id or chunk.kind == HEARTBEAT:
             return None
         if chunk.kind in (START, RESTART):
-            chunk = self._begin_attempt(chunk)
+            restarted = self._begin_attempt(chunk)
+            if restarted is None:
+                return None
+            chunk = restarted
         elif chunk.kind == TOKEN:
             if self.seen_any and chunk.sequence < self.next_sequence:
                 return None
@@ -321,9 +344,11 @@ class RunTracker:
         self.seen_any = True
         return chunk
 
-    def _begin_attempt(self, chunk: StreamChunk) -> StreamChunk:
-        again = chunk.kind == START and self.started
-        self.started, self.next_sequence, self.missing = True, 0, 0
+    def _begin_attempt(self, chunk: StreamChunk) -> StreamChunk | None:
+        if chunk.attempt is not None and chunk.attempt == self.attempt:
+            return None  # the same marker written twice by a retried write
+        again = chunk.kind == START and self.attempt is not None
+        self.attempt, self.next_sequence, self.missing = chunk.attempt or "", 0, 0
         if again:
             return replace(chunk, kind=RESTART, error="the run was delivered again after its worker stopped")
         return chunk

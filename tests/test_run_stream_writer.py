@@ -6,7 +6,7 @@ import asyncio
 import uuid
 
 from redis_stream_response_handler import DONE, ERROR, HEARTBEAT, RESTART, START, TOKEN, RedisStreamResponseHandler
-from run_stream_writer import RunStreamWriter
+from run_stream_writer import RunStreamWriter, StreamFlusher
 
 
 async def all_entries(handler: RedisStreamResponseHandler, conversation: str) -> list[dict[str, str]]:
@@ -72,3 +72,40 @@ async def test_restart_replaces_the_partial_attempt_for_readers(redis_url: str) 
     after_restart = chunks[[c.kind for c in chunks].index(RESTART) :]
     assert "".join(c.text for c in after_restart) == "The whole recorded answer."
     assert writer.streamed == "The whole recorded answer."
+
+
+async def test_concurrent_runs_share_one_flusher_and_its_round_trips(redis_url: str) -> None:
+    async with RedisStreamResponseHandler.from_url(redis_url, ttl_seconds=90) as handler:
+        writers = [RunStreamWriter(handler, f"writer-{uuid.uuid4().hex}", f"run-{n}") for n in range(20)]
+        for writer in writers:
+            writer.start()
+        for step in range(50):  # 20 runs at model pace: a token each, then the loop turns
+            for writer in writers:
+                writer.append_token(f"{step} ")
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*(writer.finish() for writer in writers))
+        streams = [await all_entries(handler, writer.conversation_id) for writer in writers]
+        ttls = [await handler.redis.ttl(f"agent-stream:{writer.conversation_id}") for writer in writers]
+        round_trips = StreamFlusher.for_handler(handler).round_trips
+
+    for entries in streams:
+        tokens = [e for e in entries if e["kind"] == TOKEN]
+        assert "".join(e["text"] for e in tokens) == "".join(f"{step} " for step in range(50))
+        assert entries[-1]["kind"] == DONE
+    assert all(0 < ttl <= 90 for ttl in ttls)  # the final batch refreshed every stream's TTL
+    assert round_trips < 20 * 52 / 5  # far fewer round trips than entries: the runs share batches
+
+
+async def test_a_batch_repeated_by_a_retry_is_read_once(redis_url: str) -> None:
+    written, replayed = f"writer-{uuid.uuid4().hex}", f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url, idle_timeout_seconds=2) as handler:
+        writer = RunStreamWriter(handler, written, "run-1")
+        writer.start()
+        writer.append_token("hello ")
+        await writer.finish()
+        start, token, done = await all_entries(handler, written)
+        # What a retried, partly applied batch leaves behind: start and token twice, then the rest.
+        await handler.write_entries(replayed, [start, token, start, token, done])
+        chunks = [c async for c in handler.read_stream(replayed, correlation_id="run-1")]
+
+    assert [c.kind for c in chunks] == [START, TOKEN, DONE]  # a repeated start is not a restart
