@@ -7,7 +7,7 @@ token was produced too, which for a burst is the burst's arrival, so their
 one-round-trip-per-token back-pressure counts as well). The reader subtracts it
 from `time.time()` when it yields the chunk. Three pairs are compared:
 
-- ours:     RunStreamWriter (write-behind, one shared flusher, pipelined batches) + RedisStreamResponseHandler.read_stream
+- ours:     RunStreamWriter (write-behind, one shared flusher) + RedisStreamResponseHandler.read_stream
 - naive:    connection-per-chunk writer + reader polling XREAD once a second
 - bare:     one connection XADD per token + a bare XREAD BLOCK loop (the limit)
 
