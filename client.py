@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -41,17 +40,15 @@ from agent_framework import AgentResponse
 from agent_framework_durabletask import (
     AgentSessionId,
     DurableAgentSession,
-    DurableAgentState,
-    DurableAgentStateResponse,
     DurableAIAgent,
     DurableAIAgentClient,
 )
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
-from durabletask.entities import EntityInstanceId
 from redis.exceptions import RedisError
 
 from agents import AGENT_NAME
 from config import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, ConfigError, Settings, fail, load_settings, setup_logging
+from durable_record import latest_recorded_answer, wait_for_recorded_answer
 from local_services import Role, Services, announce, provide_services
 from redis_stream_response_handler import (
     RedisStreamResponseHandler,
@@ -93,41 +90,6 @@ def get_travel_planner(client: DurableTaskSchedulerClient) -> DurableAIAgent[Age
 def session_for(key: str) -> DurableAgentSession:
     """The session whose durable entity key (and stream name) is `key`."""
     return DurableAgentSession(durable_session_id=AgentSessionId(name=AGENT_NAME, key=validate_conversation_id(key)))
-
-
-def recorded_answer(client: DurableTaskSchedulerClient, session_key: str, correlation_id: str) -> AgentResponse | None:
-    """The answer the durable entity recorded for one run: the source of truth the stream mirrors."""
-    entity = client.get_entity(EntityInstanceId(AgentSessionId.to_entity_name(AGENT_NAME), session_key))
-    state_json = entity.get_state() if entity is not None else None
-    if not state_json:
-        return None
-    return DurableAgentState.from_json(state_json).try_get_agent_response(correlation_id)
-
-
-def latest_recorded_answer(client: DurableTaskSchedulerClient, session_key: str) -> AgentResponse | None:
-    """The newest answer the durable entity recorded in this conversation, if any."""
-    entity = client.get_entity(EntityInstanceId(AgentSessionId.to_entity_name(AGENT_NAME), session_key))
-    state_json = entity.get_state() if entity is not None else None
-    if not state_json:
-        return None
-    history = DurableAgentState.from_json(state_json).data.conversation_history
-    responses = [entry for entry in history if isinstance(entry, DurableAgentStateResponse) and not entry.is_error]
-    return DurableAgentStateResponse.to_run_response(responses[-1]) if responses else None
-
-
-def wait_for_recorded_answer(
-    client: DurableTaskSchedulerClient, session_key: str, correlation_id: str, timeout: float = 10.0
-) -> AgentResponse | None:
-    """The recorded answer, waiting for it briefly.
-
-    The done marker is written from `on_agent_response`, a moment BEFORE the
-    entity's operation returns and the scheduler commits its state, so a fast
-    reader can reach the record before the record exists.
-    """
-    deadline = time.monotonic() + timeout
-    while (answer := recorded_answer(client, session_key, correlation_id)) is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return answer
 
 
 def start_run(agent: DurableAIAgent[AgentResponse], message: str, session: DurableAgentSession) -> str | None:
@@ -284,8 +246,8 @@ class ChunkPrinter:
             "sequence": chunk.sequence,
             "text": chunk.text,
         }
-        if chunk.kind == "restart":
-            record["restart"] = True
+        if chunk.kind in ("start", "restart"):
+            record[chunk.kind] = True  # the answer (re)starts here: a cursor to replay it from
         if chunk.is_done:
             record["done"] = True
         if chunk.is_error:

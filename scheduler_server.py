@@ -19,12 +19,10 @@ Azure is the durable equivalent.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
 from config import EXIT_OK, EXIT_USAGE, fail
-from local_services import announce, embedded_scheduler, port_answers
+from local_services import announce, embedded_scheduler, port_answers, wait_for_shutdown_signal
 
 DEFAULT_PORT = 8080
 
@@ -36,15 +34,6 @@ def parse_port(argv: list[str] | None = None) -> int:
     if not 1 <= port <= 65_535:
         parser.error(f"--port must be from 1 to 65535 (got {port})")
     return port
-
-
-def wait_for_shutdown_signal() -> None:
-    """Block until SIGINT (Ctrl+C) or SIGTERM (as worker.py does, without importing the agent stack)."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(timeout=1):
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

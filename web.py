@@ -56,9 +56,9 @@ from client import (
     new_session_key,
     session_for,
     start_run,
-    wait_for_recorded_answer,
 )
 from config import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, ConfigError, Settings, fail, load_settings, setup_logging
+from durable_record import wait_for_recorded_answer
 from local_services import Services, provide_services
 from redis_stream_response_handler import (
     DONE,

@@ -31,9 +31,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -46,7 +44,7 @@ from durabletask.worker import ConcurrencyOptions
 
 from agents import create_chat_client, create_travel_agent
 from config import EXIT_OK, EXIT_USAGE, ConfigError, Settings, fail, load_settings, setup_logging
-from local_services import Services, provide_services
+from local_services import Services, announce, provide_services, wait_for_shutdown_signal
 from redis_stream_response_handler import RedisStreamResponseHandler
 from run_stream_writer import RunStreamWriter
 from scheduler import scheduler_connection
@@ -239,15 +237,6 @@ def setup_worker(
     return callback
 
 
-def wait_for_shutdown_signal() -> None:
-    """Block until SIGINT (Ctrl+C) or SIGTERM."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(timeout=1):
-        pass
-
-
 def main() -> int:
     setup_logging()
     with ExitStack() as stack:
@@ -259,9 +248,9 @@ def main() -> int:
         except (ConfigError, ValueError) as error:
             return fail(str(error), EXIT_USAGE)
         worker.start()
-        print("[worker] TravelPlanner is ready; press Ctrl+C to stop", file=sys.stderr, flush=True)
+        announce("worker", "TravelPlanner is ready; press Ctrl+C to stop")
         wait_for_shutdown_signal()
-        print("[worker] stopping", file=sys.stderr, flush=True)
+        announce("worker", "stopping")
         worker.stop()
         run_agent_coroutine(callback.aclose())
     return EXIT_OK

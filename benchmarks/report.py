@@ -62,6 +62,8 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("p99_ms", "p99 ms"),
             ("max_ms", "max ms"),
             ("peak_rss_mib", "peak RSS MiB"),
+            ("writer_cpu_us_per_token", "writer CPU µs/token"),
+            ("round_trips", "round trips"),
             ("memory_usage_per_stream_bytes", "MEMORY USAGE/stream B"),
         ],
     ),

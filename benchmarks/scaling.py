@@ -13,6 +13,8 @@ Two measurements, reported separately:
 For each K: how many runs completed with every token, in order; aggregate
 tokens/s; delivery latency (token timestamp → reader yield); peak RSS of the
 writing process (sampled from /proc/self/status); MEMORY USAGE per finished stream.
+For the streaming layer also the writer process's CPU time per token (RSS
+sampler included) and the Redis round trips its one StreamFlusher made.
 
     uv run python -m benchmarks --quick     # runs this among the others
 """
@@ -31,7 +33,7 @@ from typing import Any
 from benchmarks.agent_stack import AgentStack
 from benchmarks.common import Row, RssSampler, memory_usage, new_key, summarize_ms
 from redis_stream_response_handler import TOKEN, RedisStreamResponseHandler, StreamChunk, stream_key
-from run_stream_writer import RunStreamWriter
+from run_stream_writer import RunStreamWriter, StreamFlusher
 
 RUN_ID = "bench-run"
 PACE_SECONDS = 0.020
@@ -95,11 +97,19 @@ def writer_process(url: str, keys: list[str], tokens: int, results: Any) -> None
 async def _write_sessions(url: str, keys: list[str], tokens: int) -> dict[str, float]:
     handler = RedisStreamResponseHandler.from_url(url)
     await handler.redis.ping()
-    writing_started = time.time()
+    writing_started, cpu_started = time.time(), time.process_time()
     async with RssSampler() as rss:
         lost = await asyncio.gather(*(_write_one(handler, key, tokens) for key in keys))
+    cpu = time.process_time() - cpu_started
+    round_trips = StreamFlusher.for_handler(handler).round_trips  # the one flusher that wrote every session
     await handler.aclose()
-    return {"writing_started": writing_started, "peak_rss_mib": rss.peak_mib, "tokens_lost": sum(lost)}
+    return {
+        "writing_started": writing_started,
+        "peak_rss_mib": rss.peak_mib,
+        "tokens_lost": sum(lost),
+        "writer_cpu_us_per_token": round(cpu / (len(keys) * tokens) * 1e6),
+        "round_trips": round_trips,
+    }
 
 
 async def _write_one(handler: RedisStreamResponseHandler, key: str, tokens: int) -> int:

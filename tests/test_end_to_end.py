@@ -15,8 +15,9 @@ from agent_framework import AgentResponse
 from agent_framework_durabletask import DurableAIAgent
 
 from agents import get_local_events, get_weather_forecast
-from client import get_client, get_travel_planner, new_session_key, session_for, start_run, wait_for_recorded_answer
+from client import get_client, get_travel_planner, new_session_key, session_for, start_run
 from config import load_settings
+from durable_record import wait_for_recorded_answer
 from local_services import Services, embedded_scheduler, free_port
 from redis_stream_response_handler import RedisStreamResponseHandler, StreamChunk
 from worker import get_worker, setup_worker
