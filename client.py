@@ -349,7 +349,13 @@ def new_session_key() -> str:
     return AgentSessionId.with_random_key(AGENT_NAME).key
 
 
-def resume_hint(position: StreamPosition, program: str) -> str:
+def resume_hint(position: StreamPosition, program: str, services: Services | None = None) -> str:
+    if services is not None and services.started_here:
+        # The private Redis and embedded scheduler stop with this process: nothing to resume from later.
+        return (
+            f"interrupted at cursor {position.cursor} of session {position.session_key}; the services this process "
+            "started stop with it: run `uv run worker.py` and `uv run client.py` to try resuming across processes"
+        )
     if position.cursor is None:
         return f"interrupted before the first token; see the answer with: {program} --session {position.session_key}"
     return f"interrupted; resume with: {program} --session {position.session_key} --cursor {position.cursor}"
@@ -367,6 +373,7 @@ def run_cli(
     args = build_parser(prog, description).parse_args(argv)
     setup_logging()
     position = StreamPosition(session_key="")
+    services: Services | None = None
     with ExitStack() as stack:
         try:
             validate_arguments(args)
@@ -382,10 +389,10 @@ def run_cli(
         except grpc.RpcError as error:
             return fail(f"the scheduler failed the request: {error.code().name} {error.details()}", EXIT_RUN_FAILED)  # type: ignore[attr-defined]
         except RedisError as error:
-            message = f"Redis failed while streaming ({error}); resume later with --session/--cursor"
-            return fail(f"{message}: {resume_hint(position, 'uv run client.py')}", EXIT_RUN_FAILED)
+            hint = resume_hint(position, "uv run client.py", services)
+            return fail(f"Redis failed while streaming ({error}); {hint}", EXIT_RUN_FAILED)
         except KeyboardInterrupt:
-            print(f"\n[client] {resume_hint(position, 'uv run client.py')}", file=sys.stderr)
+            print(f"\n[client] {resume_hint(position, 'uv run client.py', services)}", file=sys.stderr)
             return 130
         except Exception as error:  # a bug or an unforeseen failure: still one line, details on request
             if os.environ.get("LOG_LEVEL", "").upper() == "DEBUG":

@@ -53,6 +53,7 @@ class Services:
 
     scheduler_endpoint: str  # http://host:port (insecure) or https://... (Azure, TLS)
     redis_url: str
+    started_here: bool = False  # True when this process runs (and will stop) the scheduler or Redis
 
 
 def announce(component: str, message: str) -> None:
@@ -65,11 +66,12 @@ def provide_services(settings: Settings, stack: ExitStack, role: Role) -> Servic
 
     Whatever is started here is stopped when `stack` closes.
     """
-    redis_url = _provide_redis(settings, stack, role)
-    return Services(scheduler_endpoint=_provide_scheduler(settings, stack, role), redis_url=redis_url)
+    redis_url, started_redis = _provide_redis(settings, stack, role)
+    endpoint, started_scheduler = _provide_scheduler(settings, stack, role)
+    return Services(endpoint, redis_url, started_here=started_redis or started_scheduler)
 
 
-def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> str:
+def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> tuple[str, bool]:
     if settings.endpoint is not None:
         host, port = _host_port(settings.endpoint, default_port=443)
         if not port_answers(host, port):
@@ -80,13 +82,13 @@ def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> str:
         announce(
             "scheduler", f"using the Durable Task Scheduler at {settings.endpoint} (task hub {settings.taskhub!r})"
         )
-        return settings.endpoint
+        return settings.endpoint, False
     local_port = settings.local_scheduler_port
     if port_answers("localhost", local_port):
         announce(
             "scheduler", f"using the scheduler already listening on localhost:{local_port} (set ENDPOINT to choose)"
         )
-        return f"http://localhost:{local_port}"
+        return f"http://localhost:{local_port}", False
     if role == "client":
         raise ConfigError(
             f"no scheduler answers on localhost:{local_port}: start `uv run worker.py` in another terminal "
@@ -99,19 +101,19 @@ def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> str:
         f"started the embedded in-memory Durable Task scheduler on localhost:{port} "
         "(state is lost on exit; set ENDPOINT to use the emulator or Azure)",
     )
-    return f"http://localhost:{port}"
+    return f"http://localhost:{port}", True
 
 
-def _provide_redis(settings: Settings, stack: ExitStack, role: Role) -> str:
+def _provide_redis(settings: Settings, stack: ExitStack, role: Role) -> tuple[str, bool]:
     if settings.redis_url is not None:
         check_redis(settings.redis_url, "REDIS_CONNECTION_STRING")
         announce("redis", f"using Redis at {redact_url(settings.redis_url)}")
-        return settings.redis_url
+        return settings.redis_url, False
     local_url = f"redis://localhost:{settings.local_redis_port}"
     if port_answers("localhost", settings.local_redis_port):
         check_redis(local_url, "the Redis on localhost")
         announce("redis", f"using the Redis already listening on {local_url} (set REDIS_CONNECTION_STRING to choose)")
-        return local_url
+        return local_url, False
     if role == "client":
         raise ConfigError(
             f"no Redis answers on localhost:{settings.local_redis_port}: start `uv run worker.py` in another "
@@ -124,7 +126,7 @@ def _provide_redis(settings: Settings, stack: ExitStack, role: Role) -> str:
         f"started a private Redis server on 127.0.0.1:{port} ({server.origin}; no persistence, stops with this "
         "process; set REDIS_CONNECTION_STRING to use your own)",
     )
-    return server.url
+    return server.url, True
 
 
 def check_redis(url: str, name: str) -> None:
