@@ -185,6 +185,8 @@ async def test_redis_restarted_mid_run_the_client_still_ends_with_the_full_answe
     # Either every token arrived through the restart, or the reader knows exactly how many did not.
     streamed = text_of(received)
     assert (final.missing == 0 and streamed == record.text) or final.missing > 0
+    tokens_received = len([c for c in received[[c.kind for c in received].index("start") :] if c.kind == "token"])
+    assert final.chunks == tokens_received + final.missing  # every token is either here or counted as missing
 
 
 async def test_redis_refusing_writes_for_a_moment_loses_no_token(redis_url: str) -> None:
