@@ -22,7 +22,7 @@ Try it: `uv run python local_services.py` starts both, prints where, and stops.
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import os
 import shutil
 import signal
 import socket
@@ -238,7 +238,7 @@ class PrivateRedisServer:
         # --save "" and --appendonly no: nothing touches the disk; --bind: loopback only.
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         command += ["--dir", self._workdir.name, "--logfile", str(log_path), *self.extra_args]
-        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self._process = subprocess.Popen(_dying_with_this_process(command), stdin=subprocess.DEVNULL)
         self._wait_until_ready(log_path)
         return self
 
@@ -291,11 +291,25 @@ def wait_for_shutdown_signal() -> None:
         pass
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: a SIGKILLed parent must not leave Redis holding the port."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+# Runs as `python -c` in the child, then becomes redis-server with exec: a
+# SIGKILLed parent must not leave Redis holding the port. This is not a
+# `preexec_fn` on purpose: Python code between fork and exec can deadlock when
+# other threads (gRPC's) held a lock at fork time, and a Redis restart in
+# test_faults hung exactly like that.
+_PDEATHSIG_LAUNCHER = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG, kept across exec
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the parent already died before prctl took effect
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _dying_with_this_process(command: list[str]) -> list[str]:
+    """`command`, wrapped so that Linux stops it when this process dies."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_LAUNCHER, str(os.getpid()), *command]
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
