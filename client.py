@@ -286,17 +286,32 @@ def validate_arguments(args: argparse.Namespace) -> None:
 
 
 def check_message(message: str) -> str:
+    """`message`, or a ConfigError that says what is wrong with it and how to fix it on the command line."""
+    problem = message_problem(message)
+    if problem == EMPTY_MESSAGE:
+        raise ConfigError(f'{problem}: pass -m "Plan a 2-day trip to Paris"')
+    if problem == NOT_UTF8_MESSAGE:
+        raise ConfigError(f"{problem}; check your terminal's encoding (e.g. LANG=C.UTF-8)")
+    if problem is not None:
+        raise ConfigError(problem)
+    return message
+
+
+EMPTY_MESSAGE = "the message is empty"
+NOT_UTF8_MESSAGE = "the message is not valid UTF-8 text"
+
+
+def message_problem(message: str) -> str | None:
+    """What makes `message` unfit to send to the agent, or None: shared by the CLI and web.py."""
     if not message.strip():
-        raise ConfigError('the message is empty: pass -m "Plan a 2-day trip to Paris"')
+        return EMPTY_MESSAGE
     if len(message) > MAX_MESSAGE_CHARACTERS:
-        raise ConfigError(f"the message has {len(message)} characters; the limit is {MAX_MESSAGE_CHARACTERS}")
+        return f"the message has {len(message)} characters; the limit is {MAX_MESSAGE_CHARACTERS}"
     try:
         message.encode("utf-8")  # bytes that are not UTF-8 (in argv, or typed) arrive as lone surrogates
     except UnicodeEncodeError:
-        raise ConfigError(
-            "the message is not valid UTF-8 text; check your terminal's encoding (e.g. LANG=C.UTF-8)"
-        ) from None
-    return message
+        return NOT_UTF8_MESSAGE
+    return None
 
 
 def messages_to_send(args: argparse.Namespace, stdin: TextIO = sys.stdin) -> Iterator[str]:

@@ -10,7 +10,7 @@ and Redis and runs a durable worker in this process, all in the app's lifespan.
          -> 202 {"session": key, "correlation_id": id, "cursor": entry id taken BEFORE the run}
     GET  /agents/TravelPlanner/stream/{session}?cursor=...&correlation_id=...
          -> text/event-stream: one event per stream entry after the cursor;
-            `id` = the Redis entry id, `event` = message | restart | done | error
+            `id` = the Redis entry id, `event` = message | restart | done | failed
     GET  /agents/TravelPlanner/answer/{session}/{correlation_id}
          -> {"text": ...}: the answer the durable entity recorded (404 until it exists)
     GET  /                                             -> static/index.html
@@ -50,9 +50,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from client import (
-    check_message,
     get_client,
     get_travel_planner,
+    message_problem,
     new_session_key,
     session_for,
     start_run,
@@ -160,11 +160,10 @@ async def _run_request(request: Request) -> tuple[str, str]:
     session = body.get("session")
     if session is not None and not isinstance(session, str):
         raise BadRequestError('"session" must be a string (a key returned by an earlier run)')
-    try:
-        message = check_message(body["message"])
-    except ConfigError as error:
-        raise BadRequestError(str(error).split(":")[0], status_code=422) from None
-    return message, _checked(validate_conversation_id, session) if session else new_session_key()
+    problem = message_problem(body["message"])
+    if problem is not None:
+        raise BadRequestError(problem, status_code=422)
+    return body["message"], _checked(validate_conversation_id, session) if session else new_session_key()
 
 
 async def stream_events(request: Request) -> Response:
@@ -214,7 +213,8 @@ def to_event(chunk: StreamChunk) -> ServerSentEvent | None:
         data = json.dumps({"correlation_id": chunk.correlation_id, "chunks": chunk.chunks})
         return ServerSentEvent(data, event="done", id=chunk.entry_id)
     if chunk.kind == ERROR:
-        return ServerSentEvent(chunk.error or "the run failed", event="error", id=chunk.entry_id)
+        # Not "error": EventSource fires its own "error" event for a lost connection.
+        return ServerSentEvent(chunk.error or "the run failed", event="failed", id=chunk.entry_id)
     if chunk.kind == RESTART:
         return ServerSentEvent("the answer restarted", event="restart", id=chunk.entry_id)
     return ServerSentEvent(chunk.text, event="message", id=chunk.entry_id)

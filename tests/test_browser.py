@@ -8,12 +8,15 @@ dropped connection equals the answer the durable agent recorded.
     apt-get install -y chromium        # once (CI's .ci/run does it)
     uv run pytest tests/test_browser.py -q
 
-Screenshots: test-artifacts/browser.png, and docs/web-page.png for the README.
+Screenshot: test-artifacts/browser.png. To refresh the README's docs/web-page.png:
+    UPDATE_DOCS_SCREENSHOT=1 uv run pytest tests/test_browser.py -q
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,11 +48,15 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def web_url() -> Iterator[str]:
+    with running_web_app(DEMO_MODEL_TOKEN_DELAY_MS="30") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_web_app(**model_env: str) -> Iterator[str]:
     """web.py in a subprocess; unused local ports make it start its own scheduler and Redis."""
     port = free_port()
-    env = cli_environment(
-        LOCAL_SCHEDULER_PORT=str(free_port()), LOCAL_REDIS_PORT=str(free_port()), DEMO_MODEL_TOKEN_DELAY_MS="30"
-    )
+    env = cli_environment(LOCAL_SCHEDULER_PORT=str(free_port()), LOCAL_REDIS_PORT=str(free_port()), **model_env)
     process = subprocess.Popen(
         [sys.executable, "web.py", "--port", str(port)],
         cwd=ROOT,
@@ -104,10 +111,32 @@ def test_the_page_resumes_after_a_dropped_connection_without_losing_a_word(web_u
     assert "Lisbon" in shown
 
 
+def test_a_failed_run_shows_its_error_and_stops_reconnecting() -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with running_web_app(DEMO_MODEL_FAIL_AFTER_TOKENS="3") as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.fill("#message", "Plan a 2-day trip to Lisbon")
+            page.click("#send")
+            expect(page.locator("#state")).to_have_attribute("data-state", "error", timeout=30_000)
+            page.wait_for_timeout(1500)  # long enough for a wrongly kept EventSource to reconnect (retry is 1 s)
+            state = page.locator("#state").get_attribute("data-state")
+            shown_error = page.locator("#answer .error").text_content() or ""
+            log = page.locator("#log").text_content() or ""
+        finally:
+            browser.close()
+
+    assert state == "error"
+    assert "Demo model failure" in shown_error
+    assert "the run failed" in log and "connection lost" not in log
+
+
 def save_screenshot(page: object) -> None:
     artifact = ROOT / "test-artifacts" / "browser.png"
     artifact.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(artifact), full_page=True)  # type: ignore[attr-defined]
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    shutil.copyfile(artifact, docs / "web-page.png")
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):  # a test run must not rewrite tracked files on its own
+        shutil.copyfile(artifact, ROOT / "docs" / "web-page.png")

@@ -196,12 +196,12 @@ async def test_resuming_with_last_event_id_gives_exactly_the_rest(web: Server, h
     assert "Oslo" in second_text and "Lisbon" not in second_text
 
 
-async def test_a_failing_run_ends_with_an_error_event(redis_url: str) -> None:
+async def test_a_failing_run_ends_with_a_failed_event(redis_url: str) -> None:
     with serve(redis_url, demo_worker(DEMO_MODEL_FAIL_AFTER_TOKENS="3")) as failing:
         async with httpx.AsyncClient(base_url=failing.url, timeout=30) as http:
             events = await read_run(http, await start_run(http, "Plan a 2-day trip to Paris"))
 
-    assert [e.event for e in events] == ["message"] * 3 + ["error"]
+    assert [e.event for e in events] == ["message"] * 3 + ["failed"]
     assert "Demo model failure" in events[-1].data
 
 
@@ -224,20 +224,22 @@ async def test_a_bad_stream_request_is_a_400_with_one_line(
 
 
 @pytest.mark.parametrize(
-    ("body", "status"),
+    ("body", "status", "reason"),
     [
-        (b"not json", 400),
-        (b'["a list"]', 400),
-        (b'{"message": 3}', 400),
-        (b'{"message": "hi", "session": "../../etc"}', 400),
-        (b'{"message": "   "}', 422),
-        (json.dumps({"message": "x" * 32_001}).encode(), 422),
+        (b"not json", 400, "must be JSON"),
+        (b'["a list"]', 400, '"message" string'),
+        (b'{"message": 3}', 400, '"message" string'),
+        (b'{"message": "hi", "session": "../../etc"}', 400, "session"),
+        (b'{"message": "   "}', 422, "the message is empty"),
+        (json.dumps({"message": "x" * 32_001}).encode(), 422, "the limit is 32000"),
     ],
 )
-async def test_a_bad_run_request_is_refused(http: httpx.AsyncClient, body: bytes, status: int) -> None:
+async def test_a_bad_run_request_is_refused(http: httpx.AsyncClient, body: bytes, status: int, reason: str) -> None:
     response = await http.post(RUN, content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == status
-    assert "\n" not in response.json()["error"]
+    error = response.json()["error"]
+    assert reason in error and "\n" not in error
+    assert "-m" not in error  # the command line's fix means nothing to an HTTP caller
 
 
 def blocked_readers(redis_url: str) -> int:
