@@ -43,6 +43,7 @@ import redis
 from durabletask.testing import InMemoryOrchestrationBackend
 
 from config import ConfigError, Settings, load_settings, redact_url
+from scheduler import scheduler_problem
 
 Role = Literal["sample", "worker", "client"]
 
@@ -79,12 +80,22 @@ def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> tupl
                 f"nothing answers at ENDPOINT={settings.endpoint}; start the scheduler there "
                 "or unset ENDPOINT to use the embedded one"
             )
+        if problem := scheduler_problem(settings.endpoint, settings.taskhub):
+            raise ConfigError(
+                f"ENDPOINT={settings.endpoint} answers, but not as a Durable Task scheduler ({problem}); "
+                "point it at the emulator or an Azure scheduler, or unset ENDPOINT to use the embedded one"
+            )
         announce(
             "scheduler", f"using the Durable Task Scheduler at {settings.endpoint} (task hub {settings.taskhub!r})"
         )
         return settings.endpoint, False
     local_port = settings.local_scheduler_port
     if port_answers("localhost", local_port):
+        if problem := scheduler_problem(f"http://localhost:{local_port}", settings.taskhub):
+            raise ConfigError(
+                f"localhost:{local_port} answers, but not as a Durable Task scheduler ({problem}); "
+                "stop what listens there, or set LOCAL_SCHEDULER_PORT to a free port"
+            )
         announce(
             "scheduler", f"using the scheduler already listening on localhost:{local_port} (set ENDPOINT to choose)"
         )

@@ -12,6 +12,11 @@ durabletask-azuremanaged SDK (1.12) has no parser for that form (its worker
 and client take `host_address`, `taskhub` and `token_credential` only), so
 this sample takes the endpoint URL in ENDPOINT and the hub in TASKHUB instead.
 
+Before using an endpoint, `scheduler_problem` sends it the protocol's `Hello`
+call: something else listening there (a web server on 8080 is common) is then
+one clear configuration error, not a gRPC failure on the first real request or
+a worker that retries forever.
+
 Try it: `uv run python scheduler.py http://localhost:8080`
 """
 
@@ -21,7 +26,14 @@ import sys
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import grpc
 from azure.core.credentials import TokenCredential
+from durabletask.internal.orchestrator_service_pb2_grpc import TaskHubSidecarServiceStub
+from google.protobuf.empty_pb2 import Empty
+
+# What a gRPC call to something that is not a gRPC server ends with (an HTTP/1
+# server, a Redis port, a TLS mismatch), or to a gRPC server of another kind.
+_NOT_A_SCHEDULER = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 @dataclass(frozen=True)
@@ -47,5 +59,30 @@ def scheduler_connection(endpoint: str, taskhub: str) -> SchedulerConnection:
     return SchedulerConnection(host_address=endpoint, taskhub=taskhub, secure_channel=secure)
 
 
+def scheduler_problem(endpoint: str, taskhub: str, timeout: float = 5.0) -> str | None:
+    """Why `endpoint` does not answer as a Durable Task scheduler, or None when it does.
+
+    Any other gRPC status (UNAUTHENTICATED from Azure, which this call sends no
+    token to, for one) still proves a scheduler is there; the worker and the
+    client authenticate with their own calls.
+    """
+    parts = urlsplit(endpoint)
+    secure = parts.scheme == "https"
+    target = f"{parts.hostname}:{parts.port or (443 if secure else 80)}"
+    channel = grpc.secure_channel(target, grpc.ssl_channel_credentials()) if secure else grpc.insecure_channel(target)
+    with channel:
+        try:
+            TaskHubSidecarServiceStub(channel).Hello(Empty(), timeout=timeout, metadata=[("taskhub", taskhub)])
+        except grpc.RpcError as error:
+            code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+            if code in _NOT_A_SCHEDULER:
+                details: str = error.details() or ""  # type: ignore[attr-defined]
+                # "failed to connect to all addresses; last error: UNAVAILABLE: ...": the last error says why.
+                return details.rsplit("last error: ", 1)[1] if "last error: " in details else f"{code.name}: {details}"
+    return None
+
+
 if __name__ == "__main__":
-    print(scheduler_connection(sys.argv[1] if len(sys.argv) > 1 else "http://localhost:8080", "default"))
+    endpoint = sys.argv[1] if len(sys.argv) > 1 else "http://localhost:8080"
+    print(scheduler_connection(endpoint, "default"))
+    print(scheduler_problem(endpoint, "default") or "a Durable Task scheduler answers there")

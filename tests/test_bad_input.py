@@ -12,7 +12,8 @@ password, missing CA, plaintext to a TLS port) without repeating them.
     invalid environment value                2    the variable and what it accepts
     cursor past the end, or no such stream   2    why reattaching cannot work
     ENDPOINT at a closed port                2    nothing answers there
-    ENDPOINT at something that is not gRPC   1    the scheduler failed the request
+    ENDPOINT at something that is not gRPC   2    it answers, but not as a Durable Task scheduler
+    the local scheduler port taken by such   2    the same, and to set LOCAL_SCHEDULER_PORT
 """
 
 from __future__ import annotations
@@ -110,12 +111,22 @@ def test_a_scheduler_endpoint_where_nothing_listens_exits_2(redis_url: str) -> N
     assert_one_line(result, 2, "nothing answers at ENDPOINT=")
 
 
-def test_a_scheduler_endpoint_that_is_not_a_scheduler_exits_1(redis_url: str) -> None:
-    # The Redis port accepts TCP, so the start-up check passes; the first gRPC call then fails.
-    env = cli_environment(ENDPOINT=redis_url.replace("redis://", "http://"), REDIS_CONNECTION_STRING=redis_url)
-    result = run_cli("client.py", "-m", "hi", env=env, timeout=60)
+def test_a_scheduler_endpoint_that_is_not_a_scheduler_exits_2(redis_url: str) -> None:
+    # The Redis port accepts TCP; the gRPC Hello that follows is what tells it apart.
+    endpoint = redis_url.replace("redis://", "http://")
+    env = cli_environment(ENDPOINT=endpoint, REDIS_CONNECTION_STRING=redis_url)
+    result = run_cli("worker.py", env=env, timeout=60)  # before the check, the worker retried forever
 
-    assert_one_line(result, 1, "the scheduler failed the request: UNAVAILABLE")
+    assert_one_line(result, 2, f"ENDPOINT={endpoint} answers, but not as a Durable Task scheduler")
+
+
+def test_something_else_on_the_local_scheduler_port_exits_2(redis_url: str) -> None:
+    port = redis_url.rsplit(":", 1)[1]
+    env = cli_environment(LOCAL_SCHEDULER_PORT=port, REDIS_CONNECTION_STRING=redis_url)
+    result = run_cli("sample.py", "-m", "hi", env=env, timeout=60)
+
+    assert_one_line(result, 2, f"localhost:{port} answers, but not as a Durable Task scheduler")
+    assert "LOCAL_SCHEDULER_PORT" in result.stderr
 
 
 def run_with_bytes(*args: bytes, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -8,10 +8,15 @@ Run it: `uv run pytest tests/test_scheduler.py`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
 import pytest
 from azure.identity import DefaultAzureCredential
 
-from scheduler import SchedulerConnection, scheduler_connection
+from local_services import free_port
+from scheduler import SchedulerConnection, scheduler_connection, scheduler_problem
 from tests.conftest import ROOT
 
 
@@ -47,3 +52,28 @@ def test_docker_compose_runs_the_emulator_and_redis_with_health_checks() -> None
     assert {"8080:8080", "8082:8082"} <= set(services["dts-emulator"]["ports"])
     assert "6379:6379" in services["redis"]["ports"]
     assert all("test" in service["healthcheck"] for service in services.values())
+
+
+def test_the_embedded_scheduler_passes_the_hello_check(scheduler_endpoint: str) -> None:
+    assert scheduler_problem(scheduler_endpoint, "default") is None
+
+
+def test_a_redis_port_is_not_a_scheduler(redis_url: str) -> None:
+    problem = scheduler_problem(redis_url.replace("redis://", "http://"), "default")
+
+    assert problem is not None and "Failed parsing HTTP/2" in problem
+
+
+@pytest.fixture
+def grpc_server_without_services() -> Iterator[str]:
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+def test_a_grpc_server_of_another_kind_is_not_a_scheduler(grpc_server_without_services: str) -> None:
+    assert scheduler_problem(grpc_server_without_services, "default") == "UNIMPLEMENTED: Method not found!"
