@@ -121,9 +121,8 @@ def slow_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc
 def test_ctrl_c_prints_the_command_that_resumes_without_loss(slow_worker: WorkerProcess) -> None:
     worker = slow_worker
     client = subprocess.Popen(
-        [sys.executable, "client.py", "-m", "Plan a 3-day trip to Kyoto"], cwd=ROOT, env=worker.env,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_ctrl_c_as_in_a_terminal,
+        [*CTRL_C_AS_IN_A_TERMINAL, sys.executable, "client.py", "-m", "Plan a 3-day trip to Kyoto"], cwd=ROOT,
+        env=worker.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert client.stdout is not None
     head = client.stdout.read(40)  # some tokens have arrived
@@ -144,11 +143,15 @@ def test_ctrl_c_prints_the_command_that_resumes_without_loss(slow_worker: Worker
     assert printed.rstrip("\n") + resumed.stdout.rstrip("\n") == full.stdout.rstrip("\n")
 
 
-def _ctrl_c_as_in_a_terminal() -> None:
-    # A test runner started in the background (or under `uv run`) may pass SIGINT on ignored or
-    # blocked; a terminal's Ctrl+C is neither.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+# A test runner started in the background (or under `uv run`) may pass SIGINT on ignored or blocked;
+# a terminal's Ctrl+C is neither. This prefix resets both, then execs the command. (Not a preexec_fn:
+# Python code between fork and exec can deadlock in a process that has gRPC threads, as this one has.)
+CTRL_C_AS_IN_A_TERMINAL = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); os.execv(sys.argv[1], sys.argv[1:])",
+]
 
 
 def test_sample_runs_with_nothing_configured_on_a_machine_without_services(tmp_path: Path) -> None:
