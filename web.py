@@ -10,7 +10,7 @@ and Redis and runs a durable worker in this process, all in the app's lifespan.
          -> 202 {"session": key, "correlation_id": id, "cursor": entry id taken BEFORE the run}
     GET  /agents/TravelPlanner/stream/{session}?cursor=...&correlation_id=...
          -> text/event-stream: one event per stream entry after the cursor;
-            `id` = the Redis entry id, `event` = message | restart | done | failed
+            `id` = the Redis entry id, `event` = message | restart | done | error
     GET  /agents/TravelPlanner/answer/{session}/{correlation_id}
          -> {"text": ...}: the answer the durable entity recorded (404 until it exists)
     GET  /                                             -> static/index.html
@@ -213,8 +213,9 @@ def to_event(chunk: StreamChunk) -> ServerSentEvent | None:
         data = json.dumps({"correlation_id": chunk.correlation_id, "chunks": chunk.chunks})
         return ServerSentEvent(data, event="done", id=chunk.entry_id)
     if chunk.kind == ERROR:
-        # Not "error": EventSource fires its own "error" event for a lost connection.
-        return ServerSentEvent(chunk.error or "the run failed", event="failed", id=chunk.entry_id)
+        # EventSource also fires an "error" event of its own when the connection drops; the page
+        # tells the two apart by this one's data.
+        return ServerSentEvent(chunk.error or "the run failed", event="error", id=chunk.entry_id)
     if chunk.kind == RESTART:
         return ServerSentEvent("the answer restarted", event="restart", id=chunk.entry_id)
     return ServerSentEvent(chunk.text, event="message", id=chunk.entry_id)

@@ -196,12 +196,12 @@ async def test_resuming_with_last_event_id_gives_exactly_the_rest(web: Server, h
     assert "Oslo" in second_text and "Lisbon" not in second_text
 
 
-async def test_a_failing_run_ends_with_a_failed_event(redis_url: str) -> None:
+async def test_a_failing_run_ends_with_an_error_event(redis_url: str) -> None:
     with serve(redis_url, demo_worker(DEMO_MODEL_FAIL_AFTER_TOKENS="3")) as failing:
         async with httpx.AsyncClient(base_url=failing.url, timeout=30) as http:
             events = await read_run(http, await start_run(http, "Plan a 2-day trip to Paris"))
 
-    assert [e.event for e in events] == ["message"] * 3 + ["failed"]
+    assert [e.event for e in events] == ["message"] * 3 + ["error"]
     assert "Demo model failure" in events[-1].data
 
 
