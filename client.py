@@ -285,6 +285,10 @@ def validate_arguments(args: argparse.Namespace) -> None:
         check_message(args.message)
 
 
+EMPTY_MESSAGE = "the message is empty"
+NOT_UTF8_MESSAGE = "the message is not valid UTF-8 text"
+
+
 def check_message(message: str) -> str:
     """`message`, or a ConfigError that says what is wrong with it and how to fix it on the command line."""
     problem = message_problem(message)
@@ -295,10 +299,6 @@ def check_message(message: str) -> str:
     if problem is not None:
         raise ConfigError(problem)
     return message
-
-
-EMPTY_MESSAGE = "the message is empty"
-NOT_UTF8_MESSAGE = "the message is not valid UTF-8 text"
 
 
 def message_problem(message: str) -> str | None:

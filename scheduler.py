@@ -66,9 +66,10 @@ def scheduler_problem(endpoint: str, taskhub: str, timeout: float = 5.0) -> str 
     token to, for one) still proves a scheduler is there; the worker and the
     client authenticate with their own calls.
     """
+    secure = scheduler_connection(endpoint, taskhub).secure_channel
     parts = urlsplit(endpoint)
-    secure = parts.scheme == "https"
-    target = f"{parts.hostname}:{parts.port or (443 if secure else 80)}"
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname  # an IPv6 literal
+    target = f"{host}:{parts.port or (443 if secure else 80)}"
     channel = grpc.secure_channel(target, grpc.ssl_channel_credentials()) if secure else grpc.insecure_channel(target)
     with channel:
         try:
