@@ -1,48 +1,56 @@
-"""The whole pattern in one process: a worker and a client, nothing to configure.
+"""The whole pattern in one process: a durable worker and a streaming client, nothing to configure.
 
     uv run sample.py
-    uv run sample.py -m "Plan a 2-day trip to Paris"
     uv run sample.py -m "Plan a 2-day trip to Paris" --json
 
-It takes the same flags as client.py. With nothing configured it starts the
-embedded scheduler, a private Redis and the offline demo model, says so in
-one line each, then starts a durable worker (worker.py's `setup_worker`) and
-runs the client (client.py's `run_client`) against it. Everything it started
-stops when it exits.
+It takes the same flags as client.py. With nothing configured it starts the embedded scheduler, a
+private Redis and the offline demo model, and says so in one line each (`.env.example` lists what
+you can configure instead). Everything it started stops when it exits.
 
 Read next: worker.py (the writing side), then client.py (the reading side).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from contextlib import ExitStack
 
 from agent_framework_durabletask import run_agent_coroutine
 
-from client import run_cli
-from config import Settings
-from local_services import Services
+from client import Conversation, resume_hint, run_client
+from support.cli import build_parser, validate_arguments
+from support.config import load_settings
+from support.console import run_entry_point, setup_logging
+from support.services import provide_services
+from support.sessions import new_session_key
 from worker import get_worker, setup_worker
 
 
-def start_worker_in_process(settings: Settings, services: Services, stack: ExitStack) -> None:
-    """Start a durable worker on a background thread; `stack` stops it on exit."""
-    worker = get_worker(settings, services)
-    callback = setup_worker(worker, settings, services)
-    worker.start()
-    stack.callback(lambda: run_agent_coroutine(callback.aclose()))
-    stack.callback(worker.stop)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(
-        "sample.py",
-        "Run a durable TravelPlanner worker and stream its answer from Redis, in one process.",
-        "sample",
-        extra_setup=start_worker_in_process,
-        argv=argv,
-    )
+    parser = build_parser("sample.py", "Run a durable TravelPlanner worker and stream its answer from Redis.")
+    args = parser.parse_args(argv)
+    conversation = Conversation(session_key=args.session or new_session_key(), cursor=args.cursor)
+
+    def run() -> int:
+        setup_logging()
+        validate_arguments(args)  # bad usage: one line and exit 2, before anything starts
+        settings = load_settings()
+        with ExitStack() as stack:  # stops, in reverse order, everything started below
+            # 1. Services: the scheduler and Redis you configured, or embedded ones (each announced).
+            services = provide_services(settings, stack, role="sample")
+
+            # 2. The worker (worker.py): the TravelPlanner as a durable entity, streaming to Redis.
+            worker = get_worker(settings, services)
+            callback = setup_worker(worker, settings, services)
+            worker.start()
+            stack.callback(lambda: run_agent_coroutine(callback.aclose()))
+            stack.callback(worker.stop)
+
+            # 3. The client (client.py): start the run without waiting, then tail its answer.
+            return asyncio.run(run_client(args, settings, services, conversation))
+
+    return run_entry_point(run, resume_hint=lambda: resume_hint(conversation))
 
 
 if __name__ == "__main__":

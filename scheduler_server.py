@@ -3,7 +3,7 @@
 `worker.py` hosts the embedded scheduler inside itself, which is fine for one
 worker. To see scale-out (many workers sharing one task hub) the scheduler
 must outlive any single worker, so this script runs the same in-memory backend
-(`local_services.embedded_scheduler`) on its own:
+(`support.services.embedded_scheduler`) on its own:
 
     uv run scheduler_server.py --port 8080                 # terminal 1
     ENDPOINT=http://localhost:8080 uv run worker.py        # terminals 2 and 3
@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from config import EXIT_OK, EXIT_USAGE, fail
-from local_services import announce, embedded_scheduler, port_answers, wait_for_shutdown_signal
+from support.console import EXIT_OK, EXIT_USAGE, announce, fail, run_entry_point
+from support.ports import port_answers
+from support.services import embedded_scheduler, wait_for_shutdown_signal
 
 DEFAULT_PORT = 8080
 
@@ -37,7 +38,10 @@ def parse_port(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    port = parse_port(argv)
+    return run_entry_point(lambda: serve(parse_port(argv)))
+
+
+def serve(port: int) -> int:
     if port_answers("localhost", port):
         # gRPC servers on Linux bind with SO_REUSEPORT, so a second one would share the port silently.
         return fail(f"something already listens on localhost:{port}; choose another --port", EXIT_USAGE)

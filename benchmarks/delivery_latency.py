@@ -7,7 +7,7 @@ token was produced too, which for a burst is the burst's arrival, so their
 one-round-trip-per-token back-pressure counts as well). The reader subtracts it
 from `time.time()` when it yields the chunk. Three pairs are compared:
 
-- ours:     RunStreamWriter (write-behind, one shared flusher) + RedisStreamResponseHandler.read_stream
+- ours:     RunStreamWriter (write-behind, one shared flusher) + reliability.run_tracker.read_run
 - naive:    connection-per-chunk writer + reader polling XREAD once a second
 - bare:     one connection XADD per token + a bare XREAD BLOCK loop (the limit)
 
@@ -26,7 +26,8 @@ from typing import Any
 from benchmarks.common import Mode, RedisTarget, Row, new_key, summarize_ms
 from benchmarks.naive_pattern import ConnectionPerChunkWriter, polling_read
 from redis_stream_response_handler import DONE, TOKEN, StreamChunk, entry_fields, stream_key
-from run_stream_writer import RunStreamWriter
+from reliability.run_tracker import read_run
+from reliability.write_behind import RunStreamWriter, StreamFlusher
 
 RUN_ID = "bench-run"
 LLM_PAUSE_SECONDS = 0.020
@@ -81,7 +82,7 @@ async def ours(target: RedisTarget, pauses: list[float]) -> list[float]:
     key = new_key("latency-ours")
 
     async def write_all() -> None:
-        writer = RunStreamWriter(writer_side, key, RUN_ID)
+        writer = RunStreamWriter(StreamFlusher(writer_side), key, RUN_ID)
         writer.start()
 
         async def emit(n: int, _produced_at: float) -> None:
@@ -91,7 +92,7 @@ async def ours(target: RedisTarget, pauses: list[float]) -> list[float]:
         await writer.finish()
 
     try:
-        return await run_pair(reader_side.read_stream(key, "0-0", correlation_id=RUN_ID), write_all)
+        return await run_pair(read_run(reader_side, key, "0-0", correlation_id=RUN_ID), write_all)
     finally:
         await writer_side.aclose()
         await reader_side.aclose()
@@ -147,7 +148,7 @@ async def bare(target: RedisTarget, pauses: list[float]) -> list[float]:
 
 
 VARIANTS = {
-    "ours: RunStreamWriter + read_stream": ours,
+    "ours: RunStreamWriter + read_run": ours,
     "naive: conn-per-chunk + 1 s polling": naive,
     "limit: bare XADD + XREAD BLOCK": bare,
 }

@@ -14,14 +14,14 @@ import asyncio
 
 from benchmarks.common import RedisTarget, Row, memory_usage, new_key
 from redis_stream_response_handler import RedisStreamResponseHandler, stream_key
-from run_stream_writer import RunStreamWriter
+from reliability.write_behind import RunStreamWriter, StreamFlusher
 
 RUN_ID = "0f8c5a8e-6d1b-4f0e-9d55-2b7c3e9a41d7"  # the shape of a real correlation id (a UUID)
 
 
 async def write_run(handler: RedisStreamResponseHandler, tokens: int) -> str:
     key = new_key("footprint")
-    writer = RunStreamWriter(handler, key, RUN_ID)
+    writer = RunStreamWriter(StreamFlusher(handler), key, RUN_ID)
     writer.start()
     for n in range(tokens):
         writer.append_token(f"w{n % 1000} ")

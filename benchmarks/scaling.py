@@ -5,7 +5,7 @@ Two measurements, reported separately:
 - streaming layer: K sessions × N tokens at LLM pace (20 ms per token), written
   by RunStreamWriter in ONE separate writer process (standing in for the worker;
   one shared Redis client, like RedisStreamCallback) and read by K
-  `read_stream` readers in this process (standing in for the clients).
+  `read_run` readers in this process (standing in for the clients).
 - end to end: K concurrent agent turns through the embedded scheduler and ONE
   in-process worker (worker, scheduler and K readers share this process), with
   the demo model at 20 ms per word and its real answer length (~100 tokens).
@@ -33,7 +33,8 @@ from typing import Any
 from benchmarks.agent_stack import AgentStack
 from benchmarks.common import Row, RssSampler, memory_usage, new_key, summarize_ms
 from redis_stream_response_handler import TOKEN, RedisStreamResponseHandler, StreamChunk, stream_key
-from run_stream_writer import RunStreamWriter, StreamFlusher
+from reliability.run_tracker import read_run
+from reliability.write_behind import RunStreamWriter, StreamFlusher
 
 RUN_ID = "bench-run"
 PACE_SECONDS = 0.020
@@ -60,7 +61,7 @@ async def read_session(
     handler: RedisStreamResponseHandler, key: str, correlation_id: str | None, cursor: str = "0-0"
 ) -> SessionRead:
     seen = SessionRead()
-    async for chunk in handler.read_stream(key, cursor, correlation_id=correlation_id):
+    async for chunk in read_run(handler, key, cursor, correlation_id=correlation_id):
         if chunk.kind == TOKEN:
             seen.latencies.append(time.time() - chunk.timestamp)
             seen.sequences.append(chunk.sequence)
@@ -98,10 +99,11 @@ async def _write_sessions(url: str, keys: list[str], tokens: int) -> dict[str, f
     handler = RedisStreamResponseHandler.from_url(url)
     await handler.redis.ping()
     writing_started, cpu_started = time.time(), time.process_time()
+    flusher = StreamFlusher(handler)  # one flusher writes every session, as in a worker
     async with RssSampler() as rss:
-        lost = await asyncio.gather(*(_write_one(handler, key, tokens) for key in keys))
+        lost = await asyncio.gather(*(_write_one(flusher, key, tokens) for key in keys))
     cpu = time.process_time() - cpu_started
-    round_trips = StreamFlusher.for_handler(handler).round_trips  # the one flusher that wrote every session
+    round_trips = flusher.round_trips
     await handler.aclose()
     return {
         "writing_started": writing_started,
@@ -112,9 +114,9 @@ async def _write_sessions(url: str, keys: list[str], tokens: int) -> dict[str, f
     }
 
 
-async def _write_one(handler: RedisStreamResponseHandler, key: str, tokens: int) -> int:
+async def _write_one(flusher: StreamFlusher, key: str, tokens: int) -> int:
     await asyncio.sleep(random.uniform(0, PACE_SECONDS))  # sessions do not tick in lockstep
-    writer = RunStreamWriter(handler, key, RUN_ID)
+    writer = RunStreamWriter(flusher, key, RUN_ID)
     writer.start()
     for n in range(tokens):
         writer.append_token(f"w{n} ")

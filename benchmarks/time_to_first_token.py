@@ -2,7 +2,7 @@
 
 Each repetition starts a fresh conversation with the client's fire-and-forget
 `start_run(...)` (embedded in-memory scheduler, in-process worker, offline demo
-model) and reads the answer with `read_stream`, to its done marker, so turns
+model) and reads the answer with `read_run`, to its done marker, so turns
 never overlap. Two model paces: DEMO_MODEL_TOKEN_DELAY_MS=0 (the model costs
 ~nothing, but never yields the event loop between words) and 20 (LLM pace).
 The time to the first token splits into:
@@ -22,7 +22,8 @@ import time
 
 from benchmarks.agent_stack import AgentStack
 from benchmarks.common import Row, new_key, summarize_ms
-from redis_stream_response_handler import START, TOKEN, RedisStreamResponseHandler
+from redis_stream_response_handler import ERROR, START, TOKEN, RedisStreamResponseHandler
+from reliability.run_tracker import read_run
 
 MESSAGE = "Plan a 2-day trip to Lisbon"
 
@@ -36,7 +37,7 @@ async def one_turn(stack: AgentStack, handler: RedisStreamResponseHandler) -> di
     acknowledged = time.time()
     legs: dict[str, float] = {"start_run call returns": acknowledged - called}
     started_at = 0.0
-    async for chunk in handler.read_stream(session_key, cursor, correlation_id=correlation_id):
+    async for chunk in read_run(handler, session_key, cursor, correlation_id=correlation_id):
         if chunk.kind == START:
             started_at = chunk.timestamp
         if chunk.kind == TOKEN and len(legs) == 1:
@@ -45,7 +46,7 @@ async def one_turn(stack: AgentStack, handler: RedisStreamResponseHandler) -> di
             legs["agent start → first token"] = chunk.timestamp - started_at
             legs["Redis delivery of first token"] = received - chunk.timestamp
             legs["TTFT total (start_run → first token at client)"] = received - called
-        if chunk.is_error or (chunk.is_done and len(legs) == 1):
+        if chunk.kind == ERROR or (chunk.is_done and len(legs) == 1):
             raise RuntimeError(f"the run ended without a token: {chunk}")
     return legs
 

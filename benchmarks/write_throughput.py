@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from benchmarks.common import Mode, RedisTarget, Row, new_key
 from benchmarks.naive_pattern import ConnectionPerChunkWriter
 from redis_stream_response_handler import TOKEN, entry_fields, stream_key
-from run_stream_writer import RunStreamWriter
+from reliability.write_behind import RunStreamWriter, StreamFlusher
 
 RUN_ID = "bench-run"
 BATCH = 100
@@ -48,7 +48,7 @@ async def _ours(target: RedisTarget, count: int, *, yield_per_token: bool) -> fl
     await handler.redis.ping()  # connect before the clock starts, as a worker's client already is
     try:
         started = time.perf_counter()
-        writer = RunStreamWriter(handler, key, RUN_ID)
+        writer = RunStreamWriter(StreamFlusher(handler), key, RUN_ID)
         writer.start()
         for n in range(count):
             writer.append_token(f"w{n} ")

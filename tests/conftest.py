@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from local_services import PrivateRedisServer, embedded_scheduler, free_port
-from providers import PROVIDER_VARIABLES
+from support.ports import free_port
+from support.private_redis import PrivateRedisServer
+from support.providers import PROVIDER_VARIABLES
+from support.services import embedded_scheduler
 
 ROOT = Path(__file__).resolve().parent.parent
 

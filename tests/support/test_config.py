@@ -1,0 +1,49 @@
+"""Configuration: every bad value is one clear line; passwords never printed."""
+
+from __future__ import annotations
+
+import pytest
+
+from support.config import load_settings, redact_url
+from support.errors import UsageError
+
+
+def test_defaults_need_nothing_configured() -> None:
+    settings = load_settings({})
+    assert settings.endpoint is None and settings.redis_url is None
+    assert settings.taskhub == "default"
+    assert settings.stream_ttl_seconds == 600
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("REDIS_STREAM_TTL_MINUTES", "0", "REDIS_STREAM_TTL_MINUTES must be a whole number of minutes >= 1"),
+        ("REDIS_STREAM_TTL_MINUTES", "-5", "REDIS_STREAM_TTL_MINUTES must be a whole number of minutes >= 1"),
+        ("REDIS_STREAM_TTL_MINUTES", "ten", "REDIS_STREAM_TTL_MINUTES must be a whole number of minutes >= 1"),
+        ("REDIS_STREAM_MAX_LENGTH", "5", "REDIS_STREAM_MAX_LENGTH must be a whole number of entries >= 100"),
+        ("STREAM_IDLE_TIMEOUT_SECONDS", "0", "STREAM_IDLE_TIMEOUT_SECONDS must be a number of seconds > 0"),
+        ("STREAM_HEARTBEAT_SECONDS", "soon", "STREAM_HEARTBEAT_SECONDS must be a number of seconds > 0"),
+        ("LOCAL_REDIS_PORT", "70000", "LOCAL_REDIS_PORT must be a TCP port"),
+        ("ENDPOINT", "localhost:8080", "ENDPOINT must be an http:// (local emulator) or https:// (Azure) URL"),
+        ("REDIS_CONNECTION_STRING", "localhost:6379", "REDIS_CONNECTION_STRING must be a redis://"),
+    ],
+)
+def test_bad_values_name_the_variable_and_what_it_accepts(name: str, value: str, expected: str) -> None:
+    with pytest.raises(UsageError) as raised:
+        load_settings({name: value})
+    message = str(raised.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+
+
+def test_a_ttl_in_minutes_becomes_seconds() -> None:
+    assert load_settings({"REDIS_STREAM_TTL_MINUTES": "3"}).stream_ttl_seconds == 180
+
+
+def test_passwords_are_redacted_even_in_error_messages() -> None:
+    assert redact_url("rediss://app:s3cret@cache.example:6380/0") == "rediss://app:***@cache.example:6380/0"
+    assert redact_url("redis://:s3cret@localhost") == "redis://:***@localhost"
+    with pytest.raises(UsageError) as raised:
+        load_settings({"REDIS_CONNECTION_STRING": "http://app:s3cret@cache.example"})
+    assert "s3cret" not in str(raised.value)

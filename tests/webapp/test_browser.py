@@ -1,0 +1,142 @@
+"""webapp/static/index.html in a real headless Chromium: stream an answer, drop the connection, resume, compare.
+
+Runs `python web.py --port P` as a user would (nothing configured: its own
+embedded scheduler, private Redis and worker), drives the page with Playwright
+and Debian's Chromium, and checks that the text the page assembled across the
+dropped connection equals the answer the durable agent recorded.
+
+    apt-get install -y chromium        # once (CI's .ci/run does it)
+    uv run pytest tests/webapp/test_browser.py -q
+
+Screenshot: test-artifacts/browser.png. To refresh the README's docs/web-page.png:
+    UPDATE_DOCS_SCREENSHOT=1 uv run pytest tests/webapp/test_browser.py -q
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.ports import free_port, port_answers
+from tests.conftest import ROOT, cli_environment
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)"
+)
+
+
+@pytest.fixture
+def web_url() -> Iterator[str]:
+    with running_web_app(DEMO_MODEL_TOKEN_DELAY_MS="30") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_web_app(**model_env: str) -> Iterator[str]:
+    """web.py in a subprocess; unused local ports make it start its own scheduler and Redis."""
+    port = free_port()
+    env = cli_environment(LOCAL_SCHEDULER_PORT=str(free_port()), LOCAL_REDIS_PORT=str(free_port()), **model_env)
+    process = subprocess.Popen(
+        [sys.executable, "web.py", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_answers("127.0.0.1", port, timeout=0.2):
+            assert process.poll() is None, f"web.py exited: {process.stderr.read() if process.stderr else ''}"
+            assert time.monotonic() < deadline, "web.py did not start listening"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def recorded_answer(base_url: str, session: str, correlation_id: str) -> str:
+    with urllib.request.urlopen(f"{base_url}/agents/TravelPlanner/answer/{session}/{correlation_id}") as response:
+        return json.load(response)["text"]
+
+
+def test_the_page_resumes_after_a_dropped_connection_without_losing_a_word(web_url: str) -> None:
+    from playwright.sync_api import expect, sync_playwright  # imported here: only this test needs it
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 820})
+            page.goto(web_url)
+            page.fill("#message", "Plan a 2-day trip to Lisbon")
+            page.click("#send")
+            page.wait_for_function("document.getElementById('raw').textContent.length > 40")
+            page.click("#drop")
+            expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting")
+            expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=30_000)
+
+            shown = page.locator("#raw").text_content() or ""
+            session = page.locator("#session").text_content() or ""
+            correlation_id = page.evaluate("run.correlationId")
+            log = page.locator("#log").text_content() or ""
+            save_screenshot(page)
+        finally:
+            browser.close()
+
+    assert "connection dropped after event" in log
+    assert log.count("connected, resuming after") == 2  # the first connection, and the one after the drop
+    assert shown == recorded_answer(web_url, session, correlation_id)
+    assert "Lisbon" in shown
+
+
+def test_a_failed_run_shows_its_error_and_stops_reconnecting() -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with running_web_app(DEMO_MODEL_FAIL_AFTER_TOKENS="3") as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.fill("#message", "Plan a 2-day trip to Lisbon")
+            page.click("#send")
+            expect(page.locator("#state")).to_have_attribute("data-state", "error", timeout=30_000)
+            page.wait_for_timeout(1500)  # long enough for a wrongly kept EventSource to reconnect (retry is 1 s)
+            state = page.locator("#state").get_attribute("data-state")
+            shown_error = page.locator("#answer .error").text_content() or ""
+            log = page.locator("#log").text_content() or ""
+        finally:
+            browser.close()
+
+    assert state == "error"
+    assert "Demo model failure" in shown_error
+    assert "the run failed" in log and "connection lost" not in log
+
+
+def save_screenshot(page: object) -> None:
+    artifact = ROOT / "test-artifacts" / "browser.png"
+    artifact.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(artifact), full_page=True)  # type: ignore[attr-defined]
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):  # a test run must not rewrite tracked files on its own
+        shutil.copyfile(artifact, ROOT / "docs" / "web-page.png")

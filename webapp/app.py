@@ -1,0 +1,238 @@
+"""The web app: an HTTP API that starts runs, and Server-Sent Events that stream (and resume) their answers.
+
+Run it with `uv run web.py` (webapp/server.py). Like sample.py it needs nothing configured: it
+starts (or finds) the scheduler and Redis and runs a durable worker in this process, all in the
+app's lifespan.
+
+    POST /agents/TravelPlanner/run                    {"message": "...", "session": optional}
+         -> 202 {"session": key, "correlation_id": id, "cursor": entry id taken BEFORE the run}
+    GET  /agents/TravelPlanner/stream/{session}?cursor=...&correlation_id=...
+         -> text/event-stream: one event per stream entry after the cursor;
+            `id` = the Redis entry id, `event` = message | restart | done | error
+    GET  /agents/TravelPlanner/answer/{session}/{correlation_id}
+         -> {"text": ...}: the answer the durable entity recorded (404 until it exists)
+    GET  /                                             -> static/index.html
+
+Watch the raw events in a terminal:
+
+    curl -s -X POST localhost:8000/agents/TravelPlanner/run -d '{"message": "Plan a 2-day trip to Oslo"}'
+    curl -N "localhost:8000/agents/TravelPlanner/stream/<session>?cursor=<cursor>&correlation_id=<correlation_id>"
+
+An SSE `id` is a Redis entry id, so the browser's automatic reconnect (which
+sends `Last-Event-ID`) and a resumed read (`?cursor=`) both continue exactly
+after the last event delivered: no gap, no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import ExitStack, asynccontextmanager
+from pathlib import Path
+
+import grpc
+from agent_framework import AgentResponse
+from agent_framework_durabletask import DurableAIAgent, DurableAIAgentClient, run_agent_coroutine
+from durabletask.azuremanaged.client import DurableTaskSchedulerClient
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from agents import AGENT_NAME
+from redis_stream_response_handler import DONE, ERROR, RESTART, START, RedisStreamResponseHandler, StreamChunk
+from reliability.durable_record import wait_for_recorded_answer
+from reliability.run_tracker import read_run
+from support.config import Settings, load_settings
+from support.errors import UsageError
+from support.scheduler import connect_client
+from support.services import Services, provide_services
+from support.sessions import correlation_id_of, new_session_key, session_for
+from support.validation import message_problem, validate_cursor, validate_session_key
+from worker import get_worker, setup_worker
+
+STATIC = Path(__file__).resolve().parent / "static"
+RETRY_MILLISECONDS = 1000  # how soon a browser's EventSource reconnects after a dropped connection
+PING_SECONDS = 10  # keep-alive comment while no entry arrives, so proxies keep the connection open
+_CORRELATION_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
+
+WorkerSetup = Callable[[Settings, Services, ExitStack], None]
+
+
+def start_worker_in_process(settings: Settings, services: Services, stack: ExitStack) -> None:
+    """A durable worker on background threads, as in sample.py; `stack` stops it."""
+    worker = get_worker(settings, services)
+    callback = setup_worker(worker, settings, services)
+    worker.start()
+    stack.callback(lambda: run_agent_coroutine(callback.aclose()))
+    stack.callback(worker.stop)
+
+
+class BadRequestError(Exception):
+    """A request the client must fix; its message becomes the JSON `error`."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def create_app(
+    environ: Mapping[str, str] | None = None, worker_setup: WorkerSetup = start_worker_in_process
+) -> Starlette:
+    """The web app; `environ` and `worker_setup` let tests choose the services and the demo model."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        with ExitStack() as stack:
+            try:
+                settings = load_settings(environ)
+                # On this thread, not in a thread pool: a private redis-server is
+                # tied to the thread that started it and stops when that thread ends.
+                services = provide_services(settings, stack, role="sample")
+                worker_setup(settings, services, stack)
+            except UsageError as error:
+                app.state.startup_error = str(error)  # main() reports it as one `error:` line
+                raise
+            async with RedisStreamResponseHandler.from_url(
+                services.redis_url, idle_timeout_seconds=settings.idle_timeout_seconds
+            ) as handler:
+                app.state.handler = handler
+                app.state.client = connect_client(services.scheduler_endpoint, settings.taskhub)
+                app.state.agent = DurableAIAgentClient(app.state.client).get_agent(AGENT_NAME)
+                app.state.active_streams = 0  # open SSE responses; tests check disconnects bring it back to 0
+                yield
+
+    routes = [
+        Route("/", index),
+        Route("/agents/TravelPlanner/run", run_agent, methods=["POST"]),
+        Route("/agents/TravelPlanner/stream/{session}", stream_events),
+        Route("/agents/TravelPlanner/answer/{session}/{correlation_id}", recorded_answer),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={BadRequestError: bad_request})
+    app.state.startup_error = None
+    return app
+
+
+async def bad_request(request: Request, error: Exception) -> Response:
+    status = error.status_code if isinstance(error, BadRequestError) else 400
+    return JSONResponse({"error": str(error)}, status_code=status)
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html")
+
+
+async def run_agent(request: Request) -> Response:
+    """Start a run without waiting for it; answer with where its events will appear."""
+    message, session_key = await _run_request(request)
+    handler: RedisStreamResponseHandler = request.app.state.handler
+    # The cursor is taken BEFORE the run starts, so the stream from it holds this turn and nothing older.
+    cursor = await handler.last_entry_id(session_key)
+    try:
+        # Fire and forget, as client.py does; a blocking gRPC call, so off the event loop.
+        correlation_id = await asyncio.to_thread(_start_run, request.app.state.agent, message, session_key)
+    except grpc.RpcError as error:
+        detail = f"{error.code().name} {error.details()}"  # type: ignore[attr-defined]
+        return JSONResponse({"error": f"the scheduler failed the request: {detail}"}, status_code=502)
+    return JSONResponse({"session": session_key, "correlation_id": correlation_id, "cursor": cursor}, status_code=202)
+
+
+def _start_run(agent: DurableAIAgent[AgentResponse], message: str, session_key: str) -> str | None:
+    acknowledgement = agent.run(message, session=session_for(session_key), options={"wait_for_response": False})
+    return correlation_id_of(acknowledgement)
+
+
+async def _run_request(request: Request) -> tuple[str, str]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequestError('the body must be JSON: {"message": "...", "session": optional}') from None
+    if not isinstance(body, dict) or not isinstance(body.get("message"), str):
+        raise BadRequestError('the body must be a JSON object with a "message" string')
+    session = body.get("session")
+    if session is not None and not isinstance(session, str):
+        raise BadRequestError('"session" must be a string (a key returned by an earlier run)')
+    problem = message_problem(body["message"])
+    if problem is not None:
+        raise BadRequestError(problem, status_code=422)
+    return body["message"], _checked(validate_session_key, session) if session else new_session_key()
+
+
+async def stream_events(request: Request) -> Response:
+    """The run's entries after the cursor as SSE; `Last-Event-ID` (a browser reconnecting) wins over `?cursor=`."""
+    session_key = _checked(validate_session_key, request.path_params["session"])
+    raw_cursor = request.headers.get("last-event-id") or request.query_params.get("cursor")
+    cursor = _checked(validate_cursor, raw_cursor) if raw_cursor else None
+    correlation_id = request.query_params.get("correlation_id") or None
+    if correlation_id is not None and not _CORRELATION_ID.match(correlation_id):
+        raise BadRequestError(f"correlation_id must be letters, digits and '-' (got {correlation_id!r})")
+    events = sse_events(request.app, session_key, cursor, correlation_id)
+    return EventSourceResponse(events, ping=PING_SECONDS)
+
+
+async def sse_events(
+    app: Starlette, session_key: str, cursor: str | None, correlation_id: str | None
+) -> AsyncIterator[ServerSentEvent]:
+    """One SSE event per chunk of the run, ending after its done or error event.
+
+    When the client disconnects, sse-starlette cancels this generator while it
+    waits in XREAD BLOCK; the cancellation ends the Redis read, and `finally`
+    records that the stream is gone.
+    """
+    handler: RedisStreamResponseHandler = app.state.handler
+    app.state.active_streams += 1
+    try:
+        # No data, so no event for the page: just the reconnect delay, sent at once.
+        yield ServerSentEvent(comment="streaming", retry=RETRY_MILLISECONDS)
+        async for chunk in read_run(handler, session_key, cursor, correlation_id):
+            event = to_event(chunk)
+            if event is not None:
+                yield event
+    finally:
+        app.state.active_streams -= 1
+
+
+def to_event(chunk: StreamChunk) -> ServerSentEvent | None:
+    """The SSE event for one chunk (None for a start marker, which the page has no use for).
+
+    Every event carries data, because EventSource drops an event whose data is
+    empty. Text with newlines becomes several `data:` lines, which the browser
+    joins back with "\\n" (sse-starlette does the splitting).
+    """
+    if chunk.kind == START:
+        return None
+    if chunk.kind == DONE:
+        data = json.dumps({"correlation_id": chunk.correlation_id, "chunks": chunk.chunks})
+        return ServerSentEvent(data, event="done", id=chunk.entry_id)
+    if chunk.kind == ERROR:
+        # EventSource also fires an "error" event of its own when the connection drops; the page
+        # tells the two apart by this one's data.
+        return ServerSentEvent(chunk.error or "the run failed", event="error", id=chunk.entry_id)
+    if chunk.kind == RESTART:
+        return ServerSentEvent("the answer restarted", event="restart", id=chunk.entry_id)
+    return ServerSentEvent(chunk.text, event="message", id=chunk.entry_id)
+
+
+async def recorded_answer(request: Request) -> Response:
+    """The answer the durable entity recorded for one run: what the streamed text must equal."""
+    session_key = _checked(validate_session_key, request.path_params["session"])
+    correlation_id = request.path_params["correlation_id"]
+    if not _CORRELATION_ID.match(correlation_id):
+        raise BadRequestError(f"correlation_id must be letters, digits and '-' (got {correlation_id!r})")
+    client: DurableTaskSchedulerClient = request.app.state.client
+    answer = await asyncio.to_thread(wait_for_recorded_answer, client, session_key, correlation_id, 5.0)
+    if answer is None:
+        return JSONResponse({"error": "no recorded answer (yet) for this run"}, status_code=404)
+    return JSONResponse({"session": session_key, "correlation_id": correlation_id, "text": answer.text})
+
+
+def _checked(validate: Callable[[str], str], value: str) -> str:
+    try:
+        return validate(value)
+    except UsageError as error:
+        raise BadRequestError(str(error)) from None
