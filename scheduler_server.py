@@ -22,6 +22,7 @@ import argparse
 import sys
 
 from support.console import EXIT_OK, EXIT_USAGE, announce, fail, run_entry_point
+from support.environment import check_environment
 from support.ports import port_answers
 from support.services import embedded_scheduler, wait_for_shutdown_signal
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(port: int) -> int:
+    check_environment()  # workers and clients share this .env: a bad value fails here too, before the port opens
     if port_answers("localhost", port):
         # gRPC servers on Linux bind with SO_REUSEPORT, so a second one would share the port silently.
         return fail(f"something already listens on localhost:{port}; choose another --port", EXIT_USAGE)

@@ -47,7 +47,8 @@ from agents import AGENT_NAME
 from redis_stream_response_handler import DONE, ERROR, RESTART, START, RedisStreamResponseHandler, StreamChunk
 from reliability.durable_record import wait_for_recorded_answer
 from reliability.run_tracker import read_run
-from support.config import Settings, load_settings
+from support.config import Settings
+from support.environment import check_environment
 from support.errors import UsageError
 from support.scheduler import connect_client
 from support.services import Services, provide_services
@@ -89,7 +90,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         with ExitStack() as stack:
             try:
-                settings = load_settings(environ)
+                settings = check_environment(environ)
                 # On this thread, not in a thread pool: a private redis-server is
                 # tied to the thread that started it and stops when that thread ends.
                 services = provide_services(settings, stack, role="sample")
