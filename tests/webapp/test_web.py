@@ -68,9 +68,9 @@ def demo_worker(**model_env: str) -> WorkerSetup:
 
 
 @contextmanager
-def serve(redis_url: str, worker_setup: WorkerSetup) -> Iterator[Server]:
+def serve(redis_url: str, worker_setup: WorkerSetup, **settings: str) -> Iterator[Server]:
     """web.py's app in uvicorn on a free port, with a fresh embedded scheduler (nothing answers on its local port)."""
-    environ = {"REDIS_CONNECTION_STRING": redis_url, "LOCAL_SCHEDULER_PORT": str(free_port())}
+    environ = {"REDIS_CONNECTION_STRING": redis_url, "LOCAL_SCHEDULER_PORT": str(free_port()), **settings}
     app = create_app(environ, worker_setup)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
