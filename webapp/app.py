@@ -239,7 +239,8 @@ def to_event(chunk: StreamChunk) -> ServerSentEvent | None:
     if chunk.kind == START:
         return None
     if chunk.kind == DONE:
-        data = json.dumps({"correlation_id": chunk.correlation_id, "chunks": chunk.chunks})
+        # `missing` > 0: tokens this reader never got (a gap, a trimmed cursor); the page fetches the record.
+        data = json.dumps({"correlation_id": chunk.correlation_id, "chunks": chunk.chunks, "missing": chunk.missing})
         return ServerSentEvent(data, event="done", id=chunk.entry_id)
     if chunk.kind == ERROR:
         # EventSource also fires an "error" event of its own when the connection drops; the page
