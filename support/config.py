@@ -7,7 +7,7 @@ the full list of variables, with their defaults.
 Try it:
 
     REDIS_STREAM_TTL_MINUTES=0 uv run sample.py
-    # error: REDIS_STREAM_TTL_MINUTES must be a whole number of minutes >= 1 (got '0') ...
+    # error: REDIS_STREAM_TTL_MINUTES must be a whole number of minutes >= 1 and at most 525600 (got '0') ...
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def _optional(environ: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def whole_number(raw: str, minimum: int, maximum: int) -> int | None:
+def _in_range(raw: str, minimum: int, maximum: int) -> int | None:
     """`raw` as an int within [minimum, maximum], or None: ASCII digits only ('²' and '١' are digits to Python)."""
     if not _ASCII_WHOLE_NUMBER.fullmatch(raw):
         return None
@@ -139,7 +139,7 @@ def _whole_number(environ: Mapping[str, str], name: str, default: int, minimum: 
     raw = _optional(environ, name)
     if raw is None:
         return default
-    value = whole_number(raw, minimum, maximum)
+    value = _in_range(raw, minimum, maximum)
     if value is None:
         # A TTL of 0 would make EXPIRE delete the stream at once (a silent loss of every answer).
         raise UsageError(
@@ -165,7 +165,7 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
     raw = _optional(environ, name)
     if raw is None:
         return default
-    value = whole_number(raw, 1, 65_535)
+    value = _in_range(raw, 1, 65_535)
     if value is None:
         raise UsageError(f"{name} must be a TCP port from 1 to 65535 (got {raw!r}); fix it or unset it")
     return value

@@ -10,8 +10,8 @@ One pure ASGI middleware, in front of every route:
   fetch cannot send without a CORS preflight this app never grants; and an `Origin` or
   `Sec-Fetch-Site: cross-site` that names another site gets 403. Clients that send neither (curl,
   scripts) are not browsers acting for another site, and pass.
-- Bodies over MAX_BODY_BYTES get 413 without being read into memory: a `Content-Length` over the
-  limit is refused at once, and a chunked body is counted as it arrives.
+- Bodies over MAX_BODY_BYTES get 413 without being kept in memory: a `Content-Length` over the
+  limit is refused before a byte of the body is read, and a chunked body is counted as it arrives.
 
 Try it (with `uv run web.py` running):
 
@@ -31,6 +31,7 @@ from support.config import DEFAULT_WEB_ALLOWED_HOSTS
 # A travel request is at most 32,000 characters; JSON may escape each as \uXXXX (12 bytes for an emoji).
 MAX_BODY_BYTES = 512 * 1024
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+DRAIN_FACTOR = 8  # a refused chunked body is read and dropped up to 8 times the limit, then the connection closes
 
 
 class RequestGuard:
@@ -101,6 +102,11 @@ async def _read_body(receive: Receive, limit: int, content_length: str | None) -
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
+            # Drop (never keep) what is left, up to a bound, so that the client reads the 413
+            # instead of a connection reset from closing with its body still arriving.
+            while message.get("more_body", False) and size <= DRAIN_FACTOR * limit:
+                message = await receive()
+                size += len(message.get("body", b""))
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):

@@ -72,9 +72,17 @@ async def test_a_same_origin_write_is_accepted(web: Server, http: httpx.AsyncCli
     assert response.status_code == 202, response.text
 
 
-async def test_a_body_over_the_limit_is_413_before_it_is_read(http: httpx.AsyncClient) -> None:
-    declared = await http.post(RUN, content=b"x" * (MAX_BODY_BYTES + 1), headers={"Content-Type": "application/json"})
-    assert declared.status_code == 413
+async def test_a_body_over_the_limit_is_413_before_it_is_read(web: Server, http: httpx.AsyncClient) -> None:
+    # Only the head is sent: the 413 comes back without waiting for (or reading) a byte of the body.
+    host, port = web.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST {RUN} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {400 * 1024 * 1024}\r\n\r\n".encode()
+    )
+    status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+    writer.close()
+    assert status_line.split()[1] == b"413", status_line
 
     async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
         for _ in range(MAX_BODY_BYTES // 65_536 + 2):
@@ -132,3 +140,21 @@ class AsyncExitStackOfStreams:
     async def __aexit__(self, *exc_info: object) -> None:
         for response in self.responses:
             await response.aclose()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", RUN, {"message": "hi", "session": "evil\n"}),
+        ("GET", f"{STREAM}/evil%0A", None),
+        ("GET", f"{STREAM}/s?cursor=99999999999999999999-0", None),  # 20 digits: above 2**64-1
+        ("GET", f"{STREAM}/s?cursor=%D9%A1-%D9%A0", None),  # Arabic-Indic digits
+        ("GET", f"{STREAM}/s?correlation_id=abc%0A", None),
+    ],
+    ids=["session-newline", "stream-session-newline", "cursor-over-64-bits", "cursor-non-ascii", "run-id-newline"],
+)
+async def test_input_that_only_an_unanchored_or_unicode_pattern_accepts_is_a_400(
+    http: httpx.AsyncClient, method: str, path: str, body: dict[str, str] | None
+) -> None:
+    response = await http.request(method, path, json=body)
+    assert response.status_code == 400, response.text
