@@ -257,26 +257,27 @@ async def recorded_answer(request: Request) -> Response:
     correlation_id = request.path_params["correlation_id"]
     if not _CORRELATION_ID.fullmatch(correlation_id):
         raise BadRequestError(f"correlation_id must be letters, digits and '-' (got {correlation_id!r})")
-    answer = await poll_recorded_answer(request.app, session_key, correlation_id)
+    answer = await poll_recorded_answer(request, session_key, correlation_id)
     if answer is None:
         return JSONResponse({"error": "no recorded answer (yet) for this run"}, status_code=404)
     return JSONResponse({"session": session_key, "correlation_id": correlation_id, "text": answer.text})
 
 
-async def poll_recorded_answer(app: Starlette, session_key: str, correlation_id: str) -> AgentResponse | None:
+async def poll_recorded_answer(request: Request, session_key: str, correlation_id: str) -> AgentResponse | None:
     """The recorded answer, polled for up to RECORD_WAIT_SECONDS without holding a thread between polls.
 
     Each poll is one quick gRPC call on the app's record threads; the waiting is an asyncio sleep.
     (Waiting in a thread, 30 concurrent requests held the default pool's threads for 5 s each and
     delayed `POST /run` from 0.17 s to 24.6 s.)
     """
+    app = request.app
     client: DurableTaskSchedulerClient = app.state.client
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RECORD_WAIT_SECONDS
     while True:
         answer = await loop.run_in_executor(app.state.record_threads, recorded, client, session_key, correlation_id)
-        if answer is not None or loop.time() >= deadline:
-            return answer
+        if answer is not None or loop.time() >= deadline or await request.is_disconnected():
+            return answer  # (a caller that went away stops the polling)
         await asyncio.sleep(RECORD_POLL_SECONDS)
 
 
