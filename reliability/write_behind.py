@@ -231,6 +231,7 @@ class StreamFlusher:
                 error,
                 _count_tokens(entries),
                 writer.correlation_id,
+                extra={"tokens_lost": _count_tokens(entries)},  # for log processors (and tests) to add up
             )
 
 
