@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from agent_framework_durabletask import run_agent_coroutine
 
 from client import Conversation, resume_hint, run_client
+from reliability.crash_demo import run_crash_demo
 from support.cli import build_parser, validate_arguments
 from support.config import load_settings
 from support.console import run_entry_point, setup_logging
@@ -28,8 +29,10 @@ from worker import get_worker, setup_worker
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser("sample.py", "Run a durable TravelPlanner worker and stream its answer from Redis.")
+    parser = build_parser("sample.py", "Run a durable TravelPlanner worker and stream its answer.", crash_demo=True)
     args = parser.parse_args(argv)
+    if args.crash_demo:  # a worker killed mid-answer, its run delivered again to another one
+        return run_entry_point(lambda: run_crash_demo(args))
     conversation = Conversation(session_key=args.session or new_session_key(), cursor=args.cursor)
 
     def run() -> int:
