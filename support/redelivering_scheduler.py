@@ -101,7 +101,8 @@ class RedeliveringScheduler(InMemoryOrchestrationBackend):
         self, request: pb.GetWorkItemsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WorkItem]:
         lease = _Lease()
-        context.add_callback(lambda: self._release(lease))  # called however the stream ends
+        if not context.add_callback(lambda: self._release(lease)):  # called however the stream ends
+            return  # it has ended already
         for item in super().GetWorkItems(request, context):
             if not self._hold(lease, item):
                 return

@@ -36,8 +36,7 @@ def test_a_killed_workers_run_is_delivered_to_a_new_worker_and_the_session_goes_
     env = cli_environment(
         ENDPOINT=scheduler_endpoint, REDIS_CONNECTION_STRING=redis_url, DEMO_MODEL_TOKEN_DELAY_MS="20"
     )
-    first = WorkerProcess(env, tmp_path / "first-worker.log")
-    first.wait_until_ready()
+    first = WorkerProcess(env, tmp_path / "first-worker.log")  # the client starts meanwhile: the run waits for it
     session = new_session_key()
     client = subprocess.Popen(
         [sys.executable, "client.py", "--session", session, "-m", "Plan a 3-day trip to Rome", "--json"],
