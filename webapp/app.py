@@ -53,6 +53,7 @@ from support.scheduler import connect_client
 from support.services import Services, provide_services
 from support.sessions import correlation_id_of, new_session_key, session_for
 from support.validation import message_problem, validate_cursor, validate_session_key
+from webapp import ag_ui
 from worker import get_worker, setup_worker
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -101,6 +102,7 @@ def create_app(
                 services.redis_url, idle_timeout_seconds=settings.idle_timeout_seconds
             ) as handler:
                 app.state.handler = handler
+                app.state.settings = settings
                 app.state.client = connect_client(services.scheduler_endpoint, settings.taskhub)
                 app.state.agent = DurableAIAgentClient(app.state.client).get_agent(AGENT_NAME)
                 app.state.active_streams = 0  # open SSE responses; tests check disconnects bring it back to 0
@@ -112,6 +114,7 @@ def create_app(
         Route("/agents/TravelPlanner/stream/{session}", stream_events),
         Route("/agents/TravelPlanner/answer/{session}/{correlation_id}", recorded_answer),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        *ag_ui.ROUTES,  # AG-UI: the same durable, resumable runs for AG-UI clients (webapp/ag_ui.py)
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={BadRequestError: bad_request})
     app.state.startup_error = None
