@@ -35,6 +35,7 @@ import grpc
 from ag_ui.core import RunAgentInput, TextInputContent, UserMessage
 from agent_framework import AgentResponse
 from agent_framework_durabletask import DurableAIAgent
+from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
@@ -42,7 +43,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from redis_stream_response_handler import START_OF_STREAM, RedisStreamResponseHandler
+from redis_stream_response_handler import START_OF_STREAM, RedisStreamResponseHandler, StreamChunk
+from reliability.durable_record import wait_for_recorded_answer
 from reliability.run_tracker import read_run
 from support.errors import UsageError
 from support.sessions import correlation_id_of, session_for
@@ -220,8 +222,16 @@ async def _frames(
         if retry:
             yield f"retry: {RETRY_MILLISECONDS}\n\n".encode()
         async for chunk in read_run(handler, record.thread_id, record.cursor, record.correlation_id):
-            for event_id, event in events.events_for(chunk):
+            recorded = await _recorded_answer(app, record.thread_id, chunk) if chunk.is_done and chunk.missing else None
+            for event_id, event in events.events_for(chunk, recorded):
                 if after is None or event_id_order(event_id) > after:
                     yield sse_frame(event_id, event)
     finally:
         app.state.active_streams -= 1
+
+
+async def _recorded_answer(app: Starlette, thread_id: str, done: StreamChunk) -> str | None:
+    """The answer the durable entity recorded for the run that `done` ends (committed a moment after it)."""
+    client: DurableTaskSchedulerClient = app.state.client
+    answer = await asyncio.to_thread(wait_for_recorded_answer, client, thread_id, done.correlation_id, 5.0)
+    return answer.text if answer is not None else None

@@ -9,7 +9,8 @@ order, repeats already dropped) to the protocol's own event models (`ag_ui.core`
     tool_result          TEXT_MESSAGE_END (if open), TOOL_CALL_RESULT
     restart              TEXT_MESSAGE_END, CUSTOM "durable-agent.restart" {messageId, reason}; what follows
                          is a NEW message, never spliced onto the partial one
-    done                 TEXT_MESSAGE_END (if open), RUN_FINISHED (usage from the done marker)
+    done                 TEXT_MESSAGE_END (if open), RUN_FINISHED (usage from the done marker); when tokens
+                         never reached the stream: a restart, the recorded answer as a new message, RUN_FINISHED
     error | cancelled    TEXT_MESSAGE_END (if open), RUN_ERROR code RUN_FAILED | CANCELLED (AG-UI has no
                          cancel event; a coded RUN_ERROR is the protocol's way, ag-ui issue #2327)
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ag_ui.core import (
     BaseEvent,
@@ -80,12 +81,13 @@ class RunEvents:
     _entry_id: str = ""
     _index: int = 0
 
-    def events_for(self, chunk: StreamChunk) -> list[tuple[str, BaseEvent]]:
+    def events_for(self, chunk: StreamChunk, recorded_answer: str | None = None) -> list[tuple[str, BaseEvent]]:
+        """`recorded_answer`: for a done chunk with `missing` tokens, the answer the durable entity recorded."""
         events: list[BaseEvent] = []
         if not self.started:
             self.started = True
             events.append(RunStartedEvent(thread_id=self.thread_id, run_id=self.run_id))
-        events += self._events(chunk)
+        events += self._finish(chunk, recorded_answer) if chunk.kind == DONE else self._events(chunk)
         for event in events:
             event.timestamp = round(chunk.timestamp * 1000) or None  # when the worker wrote the entry
         return [(self._next_id(chunk.entry_id), event) for event in events]
@@ -106,15 +108,31 @@ class RunEvents:
             return self._tool_result(chunk)
         if chunk.kind == RESTART:
             return self._restart(chunk)
-        if chunk.kind == DONE:
-            usage = _usage(_field(chunk, "usage"))
-            return [*self._end_message(), RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, usage=usage)]
         if chunk.kind == ERROR:
             return [*self._end_message(), RunErrorEvent(message=chunk.error or "the run failed", code="RUN_FAILED")]
         if chunk.kind == CANCELLED:
             reason = _field(chunk, "reason") or "the run was cancelled"
             return [*self._end_message(), RunErrorEvent(message=reason, code="CANCELLED")]
         return []  # the start marker (RUN_STARTED stands for it), and kinds AG-UI has no event for
+
+    def _finish(self, chunk: StreamChunk, recorded_answer: str | None) -> list[BaseEvent]:
+        finished = RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, usage=_usage(_field(chunk, "usage")))
+        if not chunk.missing:
+            return [*self._end_message(), finished]
+        if recorded_answer is None:
+            problem = f"{chunk.missing} tokens never reached the stream, and the durable record has no answer"
+            return [*self._end_message(), RunErrorEvent(message=problem, code="INCOMPLETE")]
+        # Tokens were lost on the way (Redis was unreachable for a while): the durable record has the
+        # whole answer. Shown like a restart: the streamed text is replaced, never patched.
+        reason = f"{chunk.missing} tokens never reached the stream; this is the answer the agent recorded"
+        recovered = f"msg-{chunk.entry_id}"
+        return [
+            *self._restart(replace(chunk, error=reason)),
+            TextMessageStartEvent(message_id=recovered, role="assistant"),
+            TextMessageContentEvent(message_id=recovered, delta=recorded_answer),
+            TextMessageEndEvent(message_id=recovered),
+            finished,
+        ]
 
     def _text(self, chunk: StreamChunk) -> list[BaseEvent]:
         if not chunk.text:

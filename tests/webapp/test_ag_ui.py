@@ -195,6 +195,38 @@ async def test_a_restart_is_a_fresh_message(
     assert [event_id for event_id, _ in events][4:6] == [f"{ids[2]}.1", f"{ids[3]}.0"]
 
 
+async def test_tokens_that_never_reached_the_stream_are_recovered_from_the_durable_record(
+    http: httpx.AsyncClient, redis: RedisStreamResponseHandler
+) -> None:
+    """A gap in the stream (Redis was unreachable for a while): the answer comes from the durable record."""
+    thread_id, run_id = new_ids()
+    answer = text_of(await post_run(http, run_input(thread_id, run_id)))  # a real run, recorded by the entity
+    stored = await redis.redis.get(record_key(thread_id, run_id))
+    assert stored is not None
+    correlation_id, cursor = json.loads(stored)["correlation_id"], await redis.last_entry_id(thread_id)
+    # The same run as a stream that lost token 1 of 3 (written by hand), under a second AG-UI run id.
+    entries = [entry_fields(START, correlation_id, 0, attempt="gap"), entry_fields("token", correlation_id, 0, "Day")]
+    entries += [entry_fields("token", correlation_id, 2, "Oslo"), entry_fields(DONE, correlation_id, 3, chunks=3)]
+    await write_entries(redis, thread_id, entries)
+    record = json.dumps({"cursor": cursor, "correlation_id": correlation_id})
+    await redis.redis.set(record_key(thread_id, "with-a-gap"), record)
+
+    events = await resume(http, thread_id, "with-a-gap")
+
+    assert_valid_agui([event for _, event in events], max_warnings=0)
+    types = [event["type"] for _, event in events]
+    assert types[-6:] == [
+        "TEXT_MESSAGE_END",
+        "CUSTOM",
+        "TEXT_MESSAGE_START",
+        "TEXT_MESSAGE_CONTENT",
+        "TEXT_MESSAGE_END",
+        "RUN_FINISHED",
+    ]
+    assert "1 tokens never reached the stream" in events[-5][1]["value"]["reason"]
+    assert events[-3][1]["delta"] == answer
+
+
 @pytest.mark.parametrize(
     ("last_entry", "code", "message"),
     [
