@@ -45,10 +45,9 @@ from ag_ui.core import (
 from ag_ui.encoder import EventEncoder
 from pydantic import ValidationError
 
-from redis_stream_response_handler import DONE, ERROR, RESTART, TOKEN, StreamChunk
+from redis_stream_response_handler import CANCELLED, DONE, ERROR, RESTART, TOKEN, TOOL_CALL, TOOL_RESULT, StreamChunk
 
 RESTART_EVENT = "durable-agent.restart"
-TOOL_CALL, TOOL_RESULT, CANCELLED = "tool_call", "tool_result", "cancelled"
 _EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})\.(\d{1,9})$")
 _ENCODER = EventEncoder()
 
@@ -111,12 +110,12 @@ class RunEvents:
         if chunk.kind == ERROR:
             return [*self._end_message(), RunErrorEvent(message=chunk.error or "the run failed", code="RUN_FAILED")]
         if chunk.kind == CANCELLED:
-            reason = _field(chunk, "reason") or "the run was cancelled"
+            reason = chunk.reason or "the run was cancelled"
             return [*self._end_message(), RunErrorEvent(message=reason, code="CANCELLED")]
         return []  # the start marker (RUN_STARTED stands for it), and kinds AG-UI has no event for
 
     def _finish(self, chunk: StreamChunk, recorded_answer: str | None) -> list[BaseEvent]:
-        finished = RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, usage=_usage(_field(chunk, "usage")))
+        finished = RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, usage=_usage(chunk.usage))
         if not chunk.missing:
             return [*self._end_message(), finished]
         if recorded_answer is None:
@@ -151,25 +150,25 @@ class RunEvents:
         return [TextMessageEndEvent(message_id=ended)]
 
     def _tool_call(self, chunk: StreamChunk) -> list[BaseEvent]:
-        call_id = _field(chunk, "call_id") or chunk.entry_id
+        call_id = chunk.call_id or chunk.entry_id
         if call_id in self.tool_call_ids:
             return []  # the same call written twice
         # A restarted attempt may call a tool under the same id again; AG-UI ids must be unique in a run.
         tool_call_id = f"{call_id}.{self.attempt}" if call_id in self.shown_tool_call_ids else call_id
         self.tool_call_ids[call_id] = tool_call_id
         self.shown_tool_call_ids.add(tool_call_id)
-        name = _field(chunk, "name") or "unknown"
+        name = chunk.name or "unknown"
         events = [*self._end_message(), ToolCallStartEvent(tool_call_id=tool_call_id, tool_call_name=name)]
-        if arguments := _field(chunk, "arguments"):
+        if arguments := chunk.arguments:
             events.append(ToolCallArgsEvent(tool_call_id=tool_call_id, delta=arguments))
         events.append(ToolCallEndEvent(tool_call_id=tool_call_id))
         return events
 
     def _tool_result(self, chunk: StreamChunk) -> list[BaseEvent]:
-        tool_call_id = self.tool_call_ids.get(_field(chunk, "call_id") or "")
+        tool_call_id = self.tool_call_ids.get(chunk.call_id or "")
         if tool_call_id is None:
             return []  # a result for a call this run never showed (AG-UI would reject it)
-        content = _field(chunk, "result") or ""
+        content = chunk.result or ""
         result = ToolCallResultEvent(
             message_id=f"result-{chunk.entry_id}", tool_call_id=tool_call_id, content=content, role="tool"
         )
@@ -179,15 +178,10 @@ class RunEvents:
         partial = self.message_id
         self.attempt += 1
         self.tool_call_ids = {}
-        value: dict[str, str] = {"reason": chunk.error or _field(chunk, "reason") or "the answer restarted"}
+        value: dict[str, str] = {"reason": chunk.error or chunk.reason or "the answer restarted"}
         if partial is not None:
             value["messageId"] = partial  # what a UI should drop: the new attempt's text replaces it
         return [*self._end_message(), CustomEvent(name=RESTART_EVENT, value=value)]
-
-
-def _field(chunk: StreamChunk, name: str) -> str | None:
-    value = getattr(chunk, name, None)
-    return value if isinstance(value, str) else None
 
 
 def _usage(text: str | None) -> list[TokenUsage] | None:

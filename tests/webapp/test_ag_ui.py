@@ -9,6 +9,7 @@ durable worker (the offline demo model) and the tests' private Redis.
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,11 +20,11 @@ import pytest
 from ag_ui.core import Event
 from ag_ui_validate.pytest_plugin import assert_valid_agui
 from ag_ui_validate.transport import TransportOptions, sse_items, validate_endpoint
-from agent_framework import ChatResponseUpdate, Message
+from agent_framework import ChatResponse, ChatResponseUpdate, Message
 from agent_framework_ag_ui import AGUIChatClient
 from pydantic import TypeAdapter
 
-from redis_stream_response_handler import DONE, ERROR, START, RedisStreamResponseHandler, entry_fields
+from redis_stream_response_handler import CANCELLED, DONE, ERROR, START, RedisStreamResponseHandler, entry_fields
 from tests.streams import write_entries
 from tests.webapp.test_web import Server, demo_worker, eventually, serve
 from webapp.ag_ui import record_key
@@ -125,6 +126,19 @@ async def test_agent_framework_client_streams_the_answer(
     text = "".join(update.text for update in updates)
     assert text == await recorded_answer(http, redis, thread_id, started["run_id"])
     assert "Oslo" in text
+    # The agent's tool calls, as Agent Framework content: server-side (hosted) calls, then their results.
+    response = ChatResponse.from_updates(updates)
+    calls = [c for m in response.messages for c in m.contents if c.type == "function_call"]
+    results = {c.call_id: str(c.result) for m in response.messages for c in m.contents if c.type == "function_result"}
+    assert [(c.name, json.loads(str(c.arguments))) for c in calls] == [
+        ("get_weather_forecast", {"destination": "Oslo", "days": 2}),
+        ("get_local_events", {"destination": "Oslo"}),
+    ]
+    assert all(c.hosted for c in calls)  # the client runs nothing itself: the durable agent ran the tools
+    assert [results[str(c.call_id)].splitlines()[0] for c in calls] == [
+        "Weather forecast for Oslo:",
+        "Events in Oslo (all):",
+    ]
 
 
 async def test_the_events_are_valid_ag_ui(
@@ -138,6 +152,16 @@ async def test_the_events_are_valid_ag_ui(
     assert types[0] == "RUN_STARTED" and types[-1] == "RUN_FINISHED"
     assert {(e["threadId"], e["runId"]) for _, e in events if "runId" in e} == {(thread_id, run_id)}
     assert "TEXT_MESSAGE_START" in types and "TEXT_MESSAGE_END" in types
+    tools = [
+        (e["toolCallName"], json.loads(e_args["delta"]))
+        for (_, e), (_, e_args) in itertools.pairwise(events)
+        if e["type"] == "TOOL_CALL_START"
+    ]
+    assert tools == [
+        ("get_weather_forecast", {"destination": "Oslo", "days": 2}),
+        ("get_local_events", {"destination": "Oslo"}),
+    ]
+    assert types.count("TOOL_CALL_END") == types.count("TOOL_CALL_RESULT") == 2
     assert text_of(events) == await recorded_answer(http, redis, thread_id, run_id)
 
     # The SSE ids come from Redis entry ids (<entry id>.<n>) and strictly increase.
@@ -231,6 +255,7 @@ async def test_tokens_that_never_reached_the_stream_are_recovered_from_the_durab
     ("last_entry", "code", "message"),
     [
         (entry_fields(ERROR, "run-1", 1, error="RuntimeError: model down"), "RUN_FAILED", "RuntimeError: model down"),
+        (entry_fields(CANCELLED, "run-1", 1, reason="stopped by the user"), "CANCELLED", "stopped by the user"),
     ],
 )
 async def test_a_failed_or_cancelled_run_ends_with_run_error(
