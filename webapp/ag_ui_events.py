@@ -74,7 +74,6 @@ class RunEvents:
     run_id: str
     started: bool = False
     message_id: str | None = None  # the open text message, if any
-    attempt: int = 0
     tool_call_ids: dict[str, str] = field(default_factory=dict)  # this attempt: model's call id -> AG-UI id
     shown_tool_call_ids: set[str] = field(default_factory=set)  # every attempt: AG-UI ids already used
     _entry_id: str = ""
@@ -150,11 +149,10 @@ class RunEvents:
         return [TextMessageEndEvent(message_id=ended)]
 
     def _tool_call(self, chunk: StreamChunk) -> list[BaseEvent]:
-        call_id = chunk.call_id or chunk.entry_id
-        if call_id in self.tool_call_ids:
-            return []  # the same call written twice
+        call_id = tool_call_id = chunk.call_id or chunk.entry_id
         # A restarted attempt may call a tool under the same id again; AG-UI ids must be unique in a run.
-        tool_call_id = f"{call_id}.{self.attempt}" if call_id in self.shown_tool_call_ids else call_id
+        while tool_call_id in self.shown_tool_call_ids:
+            tool_call_id = f"{tool_call_id}+"
         self.tool_call_ids[call_id] = tool_call_id
         self.shown_tool_call_ids.add(tool_call_id)
         name = chunk.name or "unknown"
@@ -176,7 +174,6 @@ class RunEvents:
 
     def _restart(self, chunk: StreamChunk) -> list[BaseEvent]:
         partial = self.message_id
-        self.attempt += 1
         self.tool_call_ids = {}
         value: dict[str, str] = {"reason": chunk.error or chunk.reason or "the answer restarted"}
         if partial is not None:

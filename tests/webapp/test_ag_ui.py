@@ -24,7 +24,16 @@ from agent_framework import ChatResponse, ChatResponseUpdate, Message
 from agent_framework_ag_ui import AGUIChatClient
 from pydantic import TypeAdapter
 
-from redis_stream_response_handler import CANCELLED, DONE, ERROR, START, RedisStreamResponseHandler, entry_fields
+from redis_stream_response_handler import (
+    CANCELLED,
+    DONE,
+    ERROR,
+    START,
+    TOOL_CALL,
+    TOOL_RESULT,
+    RedisStreamResponseHandler,
+    entry_fields,
+)
 from tests.streams import write_entries
 from tests.webapp.test_web import Server, demo_worker, eventually, serve
 from webapp.ag_ui import record_key
@@ -162,6 +171,8 @@ async def test_the_events_are_valid_ag_ui(
         ("get_local_events", {"destination": "Oslo"}),
     ]
     assert types.count("TOOL_CALL_END") == types.count("TOOL_CALL_RESULT") == 2
+    usage = events[-1][1]["usage"]  # the model's token usage, from the done marker
+    assert len(usage) == 1 and usage[0]["inputTokens"] > 0 and usage[0]["outputTokens"] > 0
     assert text_of(events) == await recorded_answer(http, redis, thread_id, run_id)
 
     # The SSE ids come from Redis entry ids (<entry id>.<n>) and strictly increase.
@@ -198,25 +209,29 @@ async def test_a_restart_is_a_fresh_message(
 ) -> None:
     """A redelivered run (worker crash) starts over: the new attempt is a new message, never spliced."""
     thread_id, run_id = new_ids()
-    entries = [entry_fields(START, "run-1", 0, attempt="a1"), entry_fields("token", "run-1", 0, "Day 1: rain")]
-    entries += [entry_fields(START, "run-1", 0, attempt="a2"), entry_fields("token", "run-1", 0, "Day 1: sun")]
-    entries += [entry_fields(DONE, "run-1", 1, chunks=1)]
-    ids = await write_entries(redis, thread_id, entries)
+    call = {"name": "get_weather_forecast", "call_id": "call-1"}
+    entries = []
+    for attempt, text in (("a1", "Day 1: rain"), ("a2", "Day 1: sun")):  # both attempts call the tool first
+        entries += [entry_fields(START, "run-1", 0, attempt=attempt)]
+        entries += [entry_fields(TOOL_CALL, "run-1", 0, arguments='{"destination": "Oslo"}', **call)]
+        entries += [entry_fields(TOOL_RESULT, "run-1", 1, result="Day 1: Sunny", **call)]
+        entries += [entry_fields("token", "run-1", 2, text)]
+    ids = await write_entries(redis, thread_id, [*entries, entry_fields(DONE, "run-1", 3, chunks=3)])
     await redis.redis.set(record_key(thread_id, run_id), json.dumps({"cursor": "0-0", "correlation_id": "run-1"}))
 
     events = await resume(http, thread_id, run_id)
 
-    assert_valid_agui([event for _, event in events], max_warnings=0)
-    types = [event["type"] for _, event in events]
-    assert types == [
-        "RUN_STARTED",
-        *("TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END", "CUSTOM"),
-        *("TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END", "RUN_FINISHED"),
-    ]
-    partial, restart, fresh = events[1][1], events[4][1], events[5][1]
+    assert_valid_agui([event for _, event in events], max_warnings=0)  # no repeated id, no spliced message
+    attempt = ["TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT"]
+    attempt += ["TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END"]
+    assert [event["type"] for _, event in events] == ["RUN_STARTED", *attempt, "CUSTOM", *attempt, "RUN_FINISHED"]
+    partial, restart, fresh = events[5][1], events[8][1], events[13][1]
     assert restart["name"] == "durable-agent.restart" and restart["value"]["messageId"] == partial["messageId"]
-    assert fresh["messageId"] != partial["messageId"]
-    assert [event_id for event_id, _ in events][4:6] == [f"{ids[2]}.1", f"{ids[3]}.0"]
+    assert fresh["messageId"] != partial["messageId"] and fresh["type"] == "TEXT_MESSAGE_START"
+    assert text_of(events[9:]) == "Day 1: sun"
+    first_call, second_call = events[1][1]["toolCallId"], events[9][1]["toolCallId"]
+    assert first_call == "call-1" and second_call != first_call and events[12][1]["toolCallId"] == second_call
+    assert [event_id for event_id, _ in events][7:10] == [f"{ids[4]}.0", f"{ids[4]}.1", f"{ids[5]}.0"]
 
 
 async def test_tokens_that_never_reached_the_stream_are_recovered_from_the_durable_record(
