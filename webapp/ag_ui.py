@@ -65,7 +65,7 @@ _OFTEN_OMITTED = (("tools", "tools", []), ("context", "context", []), ("forwarde
 
 
 class RejectedError(Exception):
-    """A request the client must fix; answered as JSON {"error": message} with `status_code`."""
+    """A request answered with JSON {"error": message} and `status_code` instead of a stream; nothing started."""
 
     def __init__(self, message: str, status_code: int = 422) -> None:
         super().__init__(message)
@@ -183,8 +183,10 @@ async def _start_run(app: Starlette, thread_id: str, run_id: str, message: str) 
     try:
         # Fire and forget, as client.py does; a blocking gRPC call, so off the event loop.
         correlation_id = await asyncio.to_thread(_start_durable_run, app.state.agent, message, thread_id)
-    except grpc.RpcError as error:
-        await handler.redis.delete(key)
+    except Exception as error:
+        await handler.redis.delete(key)  # nothing started: the run id is free again
+        if not isinstance(error, grpc.RpcError):
+            raise
         detail = f"{error.code().name} {error.details()}"  # type: ignore[attr-defined]
         raise RejectedError(f"the scheduler failed the request: {detail}", 502) from None
     await handler.redis.set(key, json.dumps({"cursor": cursor, "correlation_id": correlation_id}), ex=ttl)

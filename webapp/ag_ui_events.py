@@ -8,7 +8,8 @@ order, repeats already dropped) to the protocol's own event models (`ag_ui.core`
     tool_call            TEXT_MESSAGE_END (if open), TOOL_CALL_START, TOOL_CALL_ARGS, TOOL_CALL_END
     tool_result          TEXT_MESSAGE_END (if open), TOOL_CALL_RESULT
     restart              TEXT_MESSAGE_END, CUSTOM "durable-agent.restart" {messageId, reason}; what follows
-                         is a NEW message, never spliced onto the partial one
+                         is a NEW message, never spliced onto the partial one (a tool call id the new
+                         attempt repeats gets a "+" suffix: AG-UI ids are unique within a run)
     done                 TEXT_MESSAGE_END (if open), RUN_FINISHED (usage from the done marker); when tokens
                          never reached the stream: a restart, the recorded answer as a new message, RUN_FINISHED
     error | cancelled    TEXT_MESSAGE_END (if open), RUN_ERROR code RUN_FAILED | CANCELLED (AG-UI has no
