@@ -3,10 +3,11 @@
 The durable entity awaits the streaming callback for every token, inline, in
 the same asyncio task that drives the model. If the callback awaited an XADD
 round trip per token, Redis latency would sit on the agent's own streaming
-path. Instead the callback appends the token to its run's `RunStreamWriter`
-and returns at once. One `StreamFlusher` per Redis client (so per worker event
-loop; the callback creates it and hands it to every writer) then writes whatever
-accumulated, for ALL runs, while its previous write was in flight, in ONE pipeline:
+path. Instead the callback appends the token (and the update's tool activity,
+see reliability/activity.py) to its run's `RunStreamWriter` and returns at once.
+One `StreamFlusher` per Redis client (so per worker event loop; the callback
+creates it and hands it to every writer) then writes whatever accumulated,
+for ALL runs, while its previous write was in flight, in ONE pipeline:
 
     run A: append ─▶ [A's buffer] ─┐
     run B: append ─▶ [B's buffer] ─┼─▶ flusher: XADD × n per stream (+ EXPIRE) ─▶ Redis, one round trip
@@ -27,11 +28,11 @@ redis-py (see docs/benchmarks.md). The flusher also:
 - retries a failed write with backoff, and if Redis is still unreachable counts
   the tokens it could not write and goes on: Redis trouble never fails the
   agent run, and the done marker's `chunks` lets a reader detect the gap;
-- writes a run's `done` or `error` marker only after every earlier entry.
+- writes a run's `done`, `error` or `cancelled` marker only after every earlier entry.
 
 A retried write may repeat entries that did reach Redis before the connection
 dropped (the pipeline is not a transaction, so it also works on a cluster).
-Readers skip them: tokens by sequence number, start markers by `attempt` id.
+Readers skip them: tokens and tool entries by sequence number, start markers by `attempt` id.
 
 Try it: `uv run python -m reliability.write_behind` streams a short run to the Redis on localhost:6379.
 """
@@ -46,9 +47,11 @@ import socket
 import time
 import uuid
 
+from agent_framework import AgentResponseUpdate, UsageDetails
 from redis.exceptions import RedisError
 
 from redis_stream_response_handler import (
+    CANCELLED,
     DONE,
     ERROR,
     HEARTBEAT,
@@ -58,8 +61,9 @@ from redis_stream_response_handler import (
     RedisStreamResponseHandler,
     entry_fields,
 )
+from reliability.activity import RunActivity, usage_fields
 from reliability.run_liveness import DEFAULT_MAX_SILENCE_SECONDS, RunLiveness
-from reliability.run_tracker import read_run
+from reliability.run_tracker import NUMBERED_KINDS, read_run
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +86,9 @@ class RunStreamWriter:
         self.session_key = session_key
         self.correlation_id = correlation_id
         self.heartbeat_seconds = heartbeat_seconds
-        self.streamed_text: list[str] = []  # what readers have been sent, to compare with the final answer
-        self.tokens_lost = 0
+        self.streamed_text: list[str] = []  # the text readers have been sent, to compare with the final answer
+        self.activity = RunActivity()  # the run's tool calls and usage, from its updates
+        self.tokens_lost = 0  # tokens and tool entries the flusher could not write
         self.pending: list[dict[str, str]] = []
         self.last_activity = time.monotonic()
         self.last_expire = float("-inf")
@@ -91,7 +96,7 @@ class RunStreamWriter:
         self.written = asyncio.Event()  # ... and the flusher has written it
         self.liveness = RunLiveness(flusher.max_silence_seconds)  # created on the run's task, like the writer
         self._next_sequence = 0
-        self._flusher = flusher
+        self.flusher = flusher
         flusher.add(self)
 
     def start(self) -> None:
@@ -100,12 +105,22 @@ class RunStreamWriter:
 
     def append_token(self, text: str) -> None:
         """Queue one token; returns at once (never awaits Redis)."""
-        self.liveness.progressed()  # every update shows the run moving, with text or without (a tool call)
         if self.finished or not text:
             return
-        self._enqueue(entry_fields(TOKEN, self.correlation_id, self._next_sequence, text))
-        self._next_sequence += 1
+        self._enqueue_numbered(TOKEN, text=text)
         self.streamed_text.append(text)
+
+    def append_update(self, update: AgentResponseUpdate) -> None:
+        """Queue an update's text and tool activity, in order; returns at once (never awaits Redis)."""
+        self.liveness.progressed()  # every update shows the run moving, even one with no entry (an argument fragment)
+        for kind, fields in self.activity.entries(update):
+            self._append_entry(kind, fields)
+
+    def _append_entry(self, kind: str, fields: dict[str, str]) -> None:
+        if kind == TOKEN:
+            self.append_token(fields["text"])
+        elif not self.finished:
+            self._enqueue_numbered(kind, **fields)  # tool entries share the tokens' sequence: same repeat/gap rules
 
     def restart_with(self, full_text: str, reason: str) -> None:
         """Replace what was streamed with `full_text`: readers discard the partial attempt."""
@@ -113,13 +128,26 @@ class RunStreamWriter:
         self.streamed_text = []
         self.append_token(full_text)
 
-    async def finish(self, error: str | None = None) -> None:
-        """Queue the done (or error) marker after everything else and wait until it is written."""
+    async def finish(
+        self, error: str | None = None, *, usage: UsageDetails | None = None, cancelled: str | None = None
+    ) -> None:
+        """Queue the done (error, cancelled) marker after everything else and wait until it is written.
+
+        The done and cancelled markers carry the run's usage: what the updates reported, else `usage`
+        (the final response's, e.g. of an answer the host produced without streaming).
+        """
         if not self.finished:
-            if error is None:
-                marker = entry_fields(DONE, self.correlation_id, self._next_sequence, chunks=self._next_sequence)
-            else:
+            for kind, fields in self.activity.flush():  # tool calls whose arguments never completed
+                self._append_entry(kind, fields)
+            counts = usage_fields(self.activity.usage or usage)
+            if error is not None:
                 marker = entry_fields(ERROR, self.correlation_id, self._next_sequence, error=error)
+            elif cancelled is not None:
+                marker = entry_fields(CANCELLED, self.correlation_id, self._next_sequence, reason=cancelled, **counts)
+            else:
+                marker = entry_fields(
+                    DONE, self.correlation_id, self._next_sequence, chunks=self._next_sequence, **counts
+                )
             self._enqueue(marker)
             self.finished = True
         await self.written.wait()
@@ -149,12 +177,16 @@ class RunStreamWriter:
         self._next_sequence = 0
         self._enqueue(entry_fields(kind, self.correlation_id, 0, attempt=uuid.uuid4().hex[:12], **extra))
 
+    def _enqueue_numbered(self, kind: str, text: str = "", **extra: str) -> None:
+        self._enqueue(entry_fields(kind, self.correlation_id, self._next_sequence, text, **extra))
+        self._next_sequence += 1
+
     def _enqueue(self, fields: dict[str, str]) -> None:
         if fields["kind"] != HEARTBEAT:
             self.liveness.progressed()
         self.pending.append(fields)
         self.last_activity = time.monotonic()
-        self._flusher.wake()
+        self.flusher.wake()
 
 
 class StreamFlusher:
@@ -236,7 +268,8 @@ class StreamFlusher:
 
 
 def _count_tokens(entries: list[dict[str, str]]) -> int:
-    return sum(1 for fields in entries if fields["kind"] == TOKEN)
+    # Tool entries count too: they take sequence numbers, so a reader sees them missing like tokens.
+    return sum(1 for fields in entries if fields["kind"] in NUMBERED_KINDS)
 
 
 async def _demo() -> None:

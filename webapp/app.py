@@ -8,7 +8,8 @@ app's lifespan.
          -> 202 {"session": key, "correlation_id": id, "cursor": entry id taken BEFORE the run}
     GET  /agents/TravelPlanner/stream/{session}?cursor=...&correlation_id=...
          -> text/event-stream: one event per stream entry after the cursor;
-            `id` = the Redis entry id, `event` = message | restart | done | error
+            `id` = the Redis entry id, `event` = message | tool_call | tool_result | restart | done | error
+            | cancelled (see `to_event`)
     GET  /agents/TravelPlanner/answer/{session}/{correlation_id}
          -> {"text": ...}: the answer the durable entity recorded (404 until it exists)
     GET  /                                             -> static/index.html
@@ -53,6 +54,8 @@ from support.scheduler import connect_client
 from support.services import Services, provide_services
 from support.sessions import correlation_id_of, new_session_key, session_for
 from support.validation import message_problem, validate_cursor, validate_session_key
+from webapp import ag_ui
+from webapp.activity_events import activity_event
 from worker import get_worker, setup_worker
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -101,6 +104,7 @@ def create_app(
                 services.redis_url, idle_timeout_seconds=settings.idle_timeout_seconds
             ) as handler:
                 app.state.handler = handler
+                app.state.settings = settings
                 app.state.client = connect_client(services.scheduler_endpoint, settings.taskhub)
                 app.state.agent = DurableAIAgentClient(app.state.client).get_agent(AGENT_NAME)
                 app.state.active_streams = 0  # open SSE responses; tests check disconnects bring it back to 0
@@ -112,6 +116,7 @@ def create_app(
         Route("/agents/TravelPlanner/stream/{session}", stream_events),
         Route("/agents/TravelPlanner/answer/{session}/{correlation_id}", recorded_answer),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        *ag_ui.ROUTES,  # AG-UI: the same durable, resumable runs for AG-UI clients (webapp/ag_ui.py)
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={BadRequestError: bad_request})
     app.state.startup_error = None
@@ -206,9 +211,12 @@ def to_event(chunk: StreamChunk) -> ServerSentEvent | None:
     """
     if chunk.kind == START:
         return None
+    if (event := activity_event(chunk)) is not None:  # tool_call, tool_result, cancelled
+        return event
     if chunk.kind == DONE:
-        data = json.dumps({"correlation_id": chunk.correlation_id, "chunks": chunk.chunks})
-        return ServerSentEvent(data, event="done", id=chunk.entry_id)
+        done = {"correlation_id": chunk.correlation_id, "chunks": chunk.chunks}
+        usage = {"usage": json.loads(chunk.usage)} if chunk.usage else {}  # when the model reported it
+        return ServerSentEvent(json.dumps(done | usage), event="done", id=chunk.entry_id)
     if chunk.kind == ERROR:
         # EventSource also fires an "error" event of its own when the connection drops; the page
         # tells the two apart by this one's data.

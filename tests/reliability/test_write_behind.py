@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from agent_framework import AgentResponseUpdate
+
 from redis_stream_response_handler import DONE, ERROR, HEARTBEAT, RESTART, START, TOKEN, RedisStreamResponseHandler
 from reliability.run_liveness import ENDED_WITHOUT_A_MARKER
 from reliability.run_tracker import read_run
@@ -86,14 +88,14 @@ async def test_a_run_silent_for_the_max_silence_gets_an_error_marker(redis_url: 
 
 
 async def test_updates_without_text_are_progress_too(redis_url: str) -> None:
-    """A tool call is an update with no text: a run making them is alive, however long it takes."""
+    """Updates that add no entry (a tool call's argument fragments, say) still show the run alive."""
     conversation = f"writer-{uuid.uuid4().hex}"
     async with RedisStreamResponseHandler.from_url(redis_url) as handler:
         writer = RunStreamWriter(StreamFlusher(handler, max_silence_seconds=2.0), conversation, "run-1")
         writer.start()
         for _ in range(30):  # three seconds of updates without text, each well within the limit
             await asyncio.sleep(0.1)
-            writer.append_token("")
+            writer.append_update(AgentResponseUpdate(role="assistant"))
         writer.append_token("the answer")
         await writer.finish()
         chunks = [c async for c in read_run(handler, conversation, correlation_id="run-1")]
