@@ -223,7 +223,7 @@ async def test_redis_writes_failing_twice_then_recovering_lose_and_repeat_no_tok
 
     Write 5 is applied but its reply is lost: the retry writes it again, and readers must skip
     the repeat. Writes 10 and 11 (a batch and its first retry) are refused by the server itself
-    (-OOM); the second retry goes through. Default settings, apart from the model's pace.
+    (-OOM); the second retry goes through. The writer's retries are the defaults (WRITE_ATTEMPTS and its backoff).
     """
     faults: dict[int, Fault] = {5: REPLY_LOST, 10: REFUSED, 11: REFUSED}
     with (
