@@ -90,7 +90,7 @@ class RedisStreamCallback:
                 ttl_seconds=self._settings.stream_ttl_seconds,
                 max_length=self._settings.stream_max_length,
             )
-            self._flusher = StreamFlusher(handler)
+            self._flusher = StreamFlusher(handler, max_silence_seconds=self._settings.max_silence_seconds)
         writer = RunStreamWriter(
             self._flusher,
             context.session_id,

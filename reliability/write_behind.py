@@ -20,7 +20,10 @@ one, which is what keeps a 2-core worker's CPU for the model instead of for
 redis-py (see docs/benchmarks.md). The flusher also:
 
 - writes a `heartbeat` for a run that has been silent for a while (a slow tool,
-  a slow first token), so readers can tell a slow run from a dead worker;
+  a slow first token), so readers can tell a slow run from a dead worker; but
+  only while the run is alive: a run whose task ended without its final marker,
+  or that made no progress for `max_silence_seconds`, gets an error marker
+  instead, so no reader waits for it for ever (see run_liveness.py);
 - refreshes each stream's TTL with EXPIRE when it is due, not on every token;
 - retries a failed write with backoff, and if Redis is still unreachable counts
   the tokens it could not write and goes on: Redis trouble never fails the
@@ -59,6 +62,7 @@ from redis_stream_response_handler import (
     entry_fields,
 )
 from reliability.activity import RunActivity, usage_fields
+from reliability.run_liveness import DEFAULT_MAX_SILENCE_SECONDS, RunLiveness
 from reliability.run_tracker import NUMBERED_KINDS, read_run
 
 logger = logging.getLogger(__name__)
@@ -90,6 +94,7 @@ class RunStreamWriter:
         self.last_expire = float("-inf")
         self.finished = False  # the final marker is queued: nothing more is accepted
         self.written = asyncio.Event()  # ... and the flusher has written it
+        self.liveness = RunLiveness(flusher.max_silence_seconds)  # created on the run's task, like the writer
         self._next_sequence = 0
         self.flusher = flusher
         flusher.add(self)
@@ -107,6 +112,7 @@ class RunStreamWriter:
 
     def append_update(self, update: AgentResponseUpdate) -> None:
         """Queue an update's text and tool activity, in order; returns at once (never awaits Redis)."""
+        self.liveness.progressed()  # every update shows the run moving, even one with no entry (an argument fragment)
         for kind, fields in self.activity.entries(update):
             self._append_entry(kind, fields)
 
@@ -155,7 +161,15 @@ class RunStreamWriter:
         return batch
 
     def add_heartbeat_if_silent(self, now: float) -> None:
-        if not self.pending and not self.finished and now - self.last_activity >= self.heartbeat_seconds:
+        """A heartbeat when the run is silent but alive; an error marker when it can no longer end its stream."""
+        if self.finished:
+            return
+        reason = self.liveness.reason_to_end(now)
+        if reason is not None:  # a heartbeat would tell readers to go on waiting for a run that will never end
+            logger.error("run %s: %s", self.correlation_id, reason)
+            self._enqueue(entry_fields(ERROR, self.correlation_id, self._next_sequence, error=reason))
+            self.finished = True
+        elif not self.pending and now - self.last_activity >= self.heartbeat_seconds:
             self._enqueue(entry_fields(HEARTBEAT, self.correlation_id, self._next_sequence))
 
     def _begin_attempt(self, kind: str, **extra: str) -> None:
@@ -168,6 +182,8 @@ class RunStreamWriter:
         self._next_sequence += 1
 
     def _enqueue(self, fields: dict[str, str]) -> None:
+        if fields["kind"] != HEARTBEAT:
+            self.liveness.progressed()
         self.pending.append(fields)
         self.last_activity = time.monotonic()
         self.flusher.wake()
@@ -176,8 +192,11 @@ class RunStreamWriter:
 class StreamFlusher:
     """Writes the pending entries of every run on one Redis client, one pipeline per wake-up."""
 
-    def __init__(self, handler: RedisStreamResponseHandler) -> None:
+    def __init__(
+        self, handler: RedisStreamResponseHandler, *, max_silence_seconds: float = DEFAULT_MAX_SILENCE_SECONDS
+    ) -> None:
         self.handler = handler
+        self.max_silence_seconds = max_silence_seconds  # a run silent this long is presumed stuck
         self.round_trips = 0
         self._writers: list[RunStreamWriter] = []
         self._wakeup = asyncio.Event()
@@ -244,6 +263,7 @@ class StreamFlusher:
                 error,
                 _count_tokens(entries),
                 writer.correlation_id,
+                extra={"tokens_lost": _count_tokens(entries)},  # for log processors (and tests) to add up
             )
 
 
