@@ -9,13 +9,15 @@ number of readers tail it, stop, and resume at any entry id (a cursor) with no g
 
 Each entry's fields (Redis stores strings):
 
-    kind            token | start | restart | heartbeat | done | error
+    kind            token | tool_call | tool_result | start | restart | heartbeat | done | error | cancelled
     text            the token's text ("" for markers)
-    sequence        position of the token within its run (markers: tokens so far)
+    sequence        position of the token (or tool entry) within its run (markers: how many so far)
     correlation_id  the run this entry belongs to (one per `run(...)` call)
     timestamp       seconds since the epoch, when the worker produced it
     error, chunks   the error message (error markers), tokens in the run (done markers)
     worker, attempt host:pid that ran it, id of one attempt at the answer (start and restart markers)
+    name, call_id   the tool and its call (tool_call: + arguments, JSON; tool_result: + result, + error if it failed)
+    usage, reason   {"input_tokens": N, "output_tokens": M} (done markers), why the run stopped (cancelled)
 
 Try it (writes a short run to the Redis on localhost:6379, reads it back): `uv run python -m reliability.write_behind`
 
@@ -43,7 +45,8 @@ logger = logging.getLogger(__name__)
 STREAM_KEY_PREFIX = "agent-stream:"
 START_OF_STREAM = "0-0"  # XREAD returns ids strictly greater than this: everything
 TOKEN, START, RESTART, HEARTBEAT, DONE, ERROR = "token", "start", "restart", "heartbeat", "done", "error"
-MARKERS_THAT_END_A_RUN = (DONE, ERROR)
+TOOL_CALL, TOOL_RESULT, CANCELLED = "tool_call", "tool_result", "cancelled"  # reliability/activity.py, cancellation.py
+MARKERS_THAT_END_A_RUN = (DONE, ERROR, CANCELLED)
 READ_ATTEMPTS = 5
 
 
@@ -79,7 +82,14 @@ class StreamChunk:
     chunks: int | None = None
     worker: str | None = None
     attempt: str | None = None
+    name: str | None = None
+    call_id: str | None = None
+    arguments: str | None = None
+    result: str | None = None
+    usage: str | None = None
+    reason: str | None = None
     missing: int = 0  # set by the reader on a done chunk: tokens of this run it knows it never received
+    _TEXT_FIELDS = ("error", "worker", "attempt", "name", "call_id", "arguments", "result", "usage", "reason")
 
     @property
     def is_done(self) -> bool:
@@ -88,6 +98,7 @@ class StreamChunk:
     @classmethod
     def from_entry(cls, entry_id: str, fields: Mapping[str, str]) -> StreamChunk:
         chunks = fields.get("chunks")
+        optional: dict[str, Any] = {name: fields.get(name) for name in cls._TEXT_FIELDS}  # None when absent
         return cls(
             entry_id=entry_id,
             kind=fields.get("kind", TOKEN),
@@ -95,10 +106,8 @@ class StreamChunk:
             sequence=int(fields.get("sequence", 0)),
             correlation_id=fields.get("correlation_id", ""),
             timestamp=float(fields.get("timestamp", 0.0)),
-            error=fields.get("error"),
             chunks=int(chunks) if chunks is not None else None,
-            worker=fields.get("worker"),
-            attempt=fields.get("attempt"),
+            **optional,
         )
 
 

@@ -3,9 +3,8 @@
     uv run sample.py
     uv run sample.py -m "Plan a 2-day trip to Paris" --json
 
-It takes the same flags as client.py. With nothing configured it starts the embedded scheduler, a
-private Redis and the offline demo model, and says so in one line each (`.env.example` lists what
-you can configure instead). Everything it started stops when it exits.
+It takes client.py's flags. With nothing configured it starts the embedded scheduler, a private Redis
+and the offline demo model, each announced (`.env.example` lists the alternatives); all stop on exit.
 
 Read next: worker.py (the writing side), then client.py (the reading side).
 """
@@ -19,6 +18,7 @@ from contextlib import ExitStack
 from agent_framework_durabletask import run_agent_coroutine
 
 from client import Conversation, resume_hint, run_client
+from reliability.crash_demo import run_crash_demo
 from support.cli import build_parser, validate_arguments
 from support.console import run_entry_point, setup_logging
 from support.environment import check_environment
@@ -28,8 +28,9 @@ from worker import get_worker, setup_worker
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser("sample.py", "Run a durable TravelPlanner worker and stream its answer from Redis.")
-    args = parser.parse_args(argv)
+    args = build_parser("sample.py", "A durable worker and a client, in one process.", crash_demo=True).parse_args(argv)
+    if args.crash_demo:  # a worker killed mid-answer, its run delivered again to another one
+        return run_entry_point(lambda: run_crash_demo(args))
     conversation = Conversation(session_key=args.session or new_session_key(), cursor=args.cursor)
 
     def run() -> int:

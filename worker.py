@@ -10,7 +10,7 @@ How a token travels:
     Durable Task entity `dafx-TravelPlanner` (key = the conversation's session key)
       └─ runs the agent with stream=True and awaits, per update,
          RedisStreamCallback.on_streaming_response_update(update, context)
-           └─ RunStreamWriter.append_token(...)       returns at once (write-behind)
+           └─ RunStreamWriter.append_update(...)      tokens + tool calls/results; returns at once (write-behind)
                 └─ StreamFlusher: XADD agent-stream:{context.session_id} ...
 
 `context.session_id` is the entity key: on the client, `session.durable_session_id.key` (support/sessions.py).
@@ -58,7 +58,7 @@ class RedisStreamCallback:
             remember_run(context)
             self._writers[context.correlation_id] = self._new_writer(context)
             return
-        self._writers[context.correlation_id].append_token(update.text)  # queued: never waits on Redis
+        self._writers[context.correlation_id].append_update(update)  # text and tool activity, queued: never waits
 
     async def on_agent_response(self, response: AgentResponse, context: AgentCallbackContext) -> None:
         writer = self._writers.pop(context.correlation_id, None) or self._new_writer(context)
@@ -69,7 +69,7 @@ class RedisStreamCallback:
                 writer.restart_with(response.text, reason="the streamed attempt failed; this is the recorded answer")
             else:
                 writer.append_token(response.text)
-        await writer.finish()  # the done marker, written after every token
+        await writer.finish(usage=response.usage_details)  # the done marker, written after every entry
 
     async def on_run_failed(self, context: AgentCallbackContext, error: BaseException) -> None:
         writer = self._writers.pop(context.correlation_id, None) or self._new_writer(context)
@@ -90,7 +90,7 @@ class RedisStreamCallback:
                 ttl_seconds=self._settings.stream_ttl_seconds,
                 max_length=self._settings.stream_max_length,
             )
-            self._flusher = StreamFlusher(handler)
+            self._flusher = StreamFlusher(handler, max_silence_seconds=self._settings.max_silence_seconds)
         writer = RunStreamWriter(
             self._flusher,
             context.session_id,

@@ -23,7 +23,15 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from redis_stream_response_handler import START_OF_STREAM, TOKEN, RedisStreamResponseHandler, StreamChunk, stream_key
+from redis_stream_response_handler import (
+    START_OF_STREAM,
+    TOKEN,
+    TOOL_CALL,
+    TOOL_RESULT,
+    RedisStreamResponseHandler,
+    StreamChunk,
+    stream_key,
+)
 from support.validation import entry_id_order, validate_cursor
 
 logger = logging.getLogger(__name__)
@@ -52,8 +60,8 @@ async def resume_point(handler: RedisStreamResponseHandler, session_key: str, cu
     if at_cursor:
         entry_id, fields = at_cursor[0]
         chunk = StreamChunk.from_entry(str(entry_id), fields)
-        # Markers carry the tokens so far as their sequence; a token is followed by the next one.
-        next_sequence = chunk.sequence + 1 if chunk.kind == TOKEN else chunk.sequence
+        # Markers carry the count so far as their sequence; a numbered entry is followed by the next one.
+        next_sequence = chunk.sequence + 1 if chunk.kind in (TOKEN, TOOL_CALL, TOOL_RESULT) else chunk.sequence
         return ResumePoint(chunk.correlation_id, next_sequence, attempt=chunk.attempt)
     oldest = await handler.redis.xrange(key, count=1)
     trimmed = bool(oldest) and entry_id_order(cursor) < entry_id_order(str(oldest[0][0]))

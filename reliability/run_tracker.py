@@ -25,11 +25,16 @@ from redis_stream_response_handler import (
     START,
     START_OF_STREAM,
     TOKEN,
+    TOOL_CALL,
+    TOOL_RESULT,
     RedisStreamResponseHandler,
     StreamChunk,
     StreamIdleTimeoutError,
 )
 from reliability.resume_point import ResumePoint, resume_point
+
+# Entries numbered by the run's one sequence counter: a reader drops repeats and counts gaps among them.
+NUMBERED_KINDS = (TOKEN, TOOL_CALL, TOOL_RESULT)
 
 
 async def read_run(
@@ -67,7 +72,7 @@ class RunTracker:
     """Turns one run's raw entries into what a reader should see.
 
     - entries of other runs, and heartbeats, are dropped;
-    - a token already seen (a batch the worker wrote twice after a dropped connection) is dropped;
+    - a token or tool entry already seen (a batch the worker wrote twice after a dropped connection) is dropped;
     - a second `start` for the same run with a new attempt id (the scheduler delivered it again
       after a worker died) becomes a `restart`: the answer starts over; the same attempt id again
       is a repeat, and is dropped;
@@ -96,7 +101,7 @@ class RunTracker:
             if restarted is None:
                 return None
             chunk = restarted
-        elif chunk.kind == TOKEN:
+        elif chunk.kind in NUMBERED_KINDS:
             if chunk.sequence < self.next_sequence:
                 return None
             # Any jump is a gap, the first token included: without the run's start (a cursor that

@@ -3,10 +3,11 @@
 The durable entity awaits the streaming callback for every token, inline, in
 the same asyncio task that drives the model. If the callback awaited an XADD
 round trip per token, Redis latency would sit on the agent's own streaming
-path. Instead the callback appends the token to its run's `RunStreamWriter`
-and returns at once. One `StreamFlusher` per Redis client (so per worker event
-loop; the callback creates it and hands it to every writer) then writes whatever
-accumulated, for ALL runs, while its previous write was in flight, in ONE pipeline:
+path. Instead the callback appends the token (and the update's tool activity,
+see reliability/activity.py) to its run's `RunStreamWriter` and returns at once.
+One `StreamFlusher` per Redis client (so per worker event loop; the callback
+creates it and hands it to every writer) then writes whatever accumulated,
+for ALL runs, while its previous write was in flight, in ONE pipeline:
 
     run A: append ─▶ [A's buffer] ─┐
     run B: append ─▶ [B's buffer] ─┼─▶ flusher: XADD × n per stream (+ EXPIRE) ─▶ Redis, one round trip
@@ -19,16 +20,19 @@ one, which is what keeps a 2-core worker's CPU for the model instead of for
 redis-py (see docs/benchmarks.md). The flusher also:
 
 - writes a `heartbeat` for a run that has been silent for a while (a slow tool,
-  a slow first token), so readers can tell a slow run from a dead worker;
+  a slow first token), so readers can tell a slow run from a dead worker; but
+  only while the run is alive: a run whose task ended without its final marker,
+  or that made no progress for `max_silence_seconds`, gets an error marker
+  instead, so no reader waits for it for ever (see run_liveness.py);
 - refreshes each stream's TTL with EXPIRE when it is due, not on every token;
 - retries a failed write with backoff, and if Redis is still unreachable counts
   the tokens it could not write and goes on: Redis trouble never fails the
   agent run, and the done marker's `chunks` lets a reader detect the gap;
-- writes a run's `done` or `error` marker only after every earlier entry.
+- writes a run's `done`, `error` or `cancelled` marker only after every earlier entry.
 
 A retried write may repeat entries that did reach Redis before the connection
 dropped (the pipeline is not a transaction, so it also works on a cluster).
-Readers skip them: tokens by sequence number, start markers by `attempt` id.
+Readers skip them: tokens and tool entries by sequence number, start markers by `attempt` id.
 
 Try it: `uv run python -m reliability.write_behind` streams a short run to the Redis on localhost:6379.
 """
@@ -43,9 +47,11 @@ import socket
 import time
 import uuid
 
+from agent_framework import AgentResponseUpdate, UsageDetails
 from redis.exceptions import RedisError
 
 from redis_stream_response_handler import (
+    CANCELLED,
     DONE,
     ERROR,
     HEARTBEAT,
@@ -55,7 +61,9 @@ from redis_stream_response_handler import (
     RedisStreamResponseHandler,
     entry_fields,
 )
-from reliability.run_tracker import read_run
+from reliability.activity import RunActivity, usage_fields
+from reliability.run_liveness import DEFAULT_MAX_SILENCE_SECONDS, RunLiveness
+from reliability.run_tracker import NUMBERED_KINDS, read_run
 
 logger = logging.getLogger(__name__)
 
@@ -78,15 +86,17 @@ class RunStreamWriter:
         self.session_key = session_key
         self.correlation_id = correlation_id
         self.heartbeat_seconds = heartbeat_seconds
-        self.streamed_text: list[str] = []  # what readers have been sent, to compare with the final answer
-        self.tokens_lost = 0
+        self.streamed_text: list[str] = []  # the text readers have been sent, to compare with the final answer
+        self.activity = RunActivity()  # the run's tool calls and usage, from its updates
+        self.tokens_lost = 0  # tokens and tool entries the flusher could not write
         self.pending: list[dict[str, str]] = []
         self.last_activity = time.monotonic()
         self.last_expire = float("-inf")
         self.finished = False  # the final marker is queued: nothing more is accepted
         self.written = asyncio.Event()  # ... and the flusher has written it
+        self.liveness = RunLiveness(flusher.max_silence_seconds)  # created on the run's task, like the writer
         self._next_sequence = 0
-        self._flusher = flusher
+        self.flusher = flusher
         flusher.add(self)
 
     def start(self) -> None:
@@ -97,9 +107,20 @@ class RunStreamWriter:
         """Queue one token; returns at once (never awaits Redis)."""
         if self.finished or not text:
             return
-        self._enqueue(entry_fields(TOKEN, self.correlation_id, self._next_sequence, text))
-        self._next_sequence += 1
+        self._enqueue_numbered(TOKEN, text=text)
         self.streamed_text.append(text)
+
+    def append_update(self, update: AgentResponseUpdate) -> None:
+        """Queue an update's text and tool activity, in order; returns at once (never awaits Redis)."""
+        self.liveness.progressed()  # every update shows the run moving, even one with no entry (an argument fragment)
+        for kind, fields in self.activity.entries(update):
+            self._append_entry(kind, fields)
+
+    def _append_entry(self, kind: str, fields: dict[str, str]) -> None:
+        if kind == TOKEN:
+            self.append_token(fields["text"])
+        elif not self.finished:
+            self._enqueue_numbered(kind, **fields)  # tool entries share the tokens' sequence: same repeat/gap rules
 
     def restart_with(self, full_text: str, reason: str) -> None:
         """Replace what was streamed with `full_text`: readers discard the partial attempt."""
@@ -107,13 +128,26 @@ class RunStreamWriter:
         self.streamed_text = []
         self.append_token(full_text)
 
-    async def finish(self, error: str | None = None) -> None:
-        """Queue the done (or error) marker after everything else and wait until it is written."""
+    async def finish(
+        self, error: str | None = None, *, usage: UsageDetails | None = None, cancelled: str | None = None
+    ) -> None:
+        """Queue the done (error, cancelled) marker after everything else and wait until it is written.
+
+        The done and cancelled markers carry the run's usage: what the updates reported, else `usage`
+        (the final response's, e.g. of an answer the host produced without streaming).
+        """
         if not self.finished:
-            if error is None:
-                marker = entry_fields(DONE, self.correlation_id, self._next_sequence, chunks=self._next_sequence)
-            else:
+            for kind, fields in self.activity.flush():  # tool calls whose arguments never completed
+                self._append_entry(kind, fields)
+            counts = usage_fields(self.activity.usage or usage)
+            if error is not None:
                 marker = entry_fields(ERROR, self.correlation_id, self._next_sequence, error=error)
+            elif cancelled is not None:
+                marker = entry_fields(CANCELLED, self.correlation_id, self._next_sequence, reason=cancelled, **counts)
+            else:
+                marker = entry_fields(
+                    DONE, self.correlation_id, self._next_sequence, chunks=self._next_sequence, **counts
+                )
             self._enqueue(marker)
             self.finished = True
         await self.written.wait()
@@ -127,7 +161,15 @@ class RunStreamWriter:
         return batch
 
     def add_heartbeat_if_silent(self, now: float) -> None:
-        if not self.pending and not self.finished and now - self.last_activity >= self.heartbeat_seconds:
+        """A heartbeat when the run is silent but alive; an error marker when it can no longer end its stream."""
+        if self.finished:
+            return
+        reason = self.liveness.reason_to_end(now)
+        if reason is not None:  # a heartbeat would tell readers to go on waiting for a run that will never end
+            logger.error("run %s: %s", self.correlation_id, reason)
+            self._enqueue(entry_fields(ERROR, self.correlation_id, self._next_sequence, error=reason))
+            self.finished = True
+        elif not self.pending and now - self.last_activity >= self.heartbeat_seconds:
             self._enqueue(entry_fields(HEARTBEAT, self.correlation_id, self._next_sequence))
 
     def _begin_attempt(self, kind: str, **extra: str) -> None:
@@ -135,17 +177,26 @@ class RunStreamWriter:
         self._next_sequence = 0
         self._enqueue(entry_fields(kind, self.correlation_id, 0, attempt=uuid.uuid4().hex[:12], **extra))
 
+    def _enqueue_numbered(self, kind: str, text: str = "", **extra: str) -> None:
+        self._enqueue(entry_fields(kind, self.correlation_id, self._next_sequence, text, **extra))
+        self._next_sequence += 1
+
     def _enqueue(self, fields: dict[str, str]) -> None:
+        if fields["kind"] != HEARTBEAT:
+            self.liveness.progressed()
         self.pending.append(fields)
         self.last_activity = time.monotonic()
-        self._flusher.wake()
+        self.flusher.wake()
 
 
 class StreamFlusher:
     """Writes the pending entries of every run on one Redis client, one pipeline per wake-up."""
 
-    def __init__(self, handler: RedisStreamResponseHandler) -> None:
+    def __init__(
+        self, handler: RedisStreamResponseHandler, *, max_silence_seconds: float = DEFAULT_MAX_SILENCE_SECONDS
+    ) -> None:
         self.handler = handler
+        self.max_silence_seconds = max_silence_seconds  # a run silent this long is presumed stuck
         self.round_trips = 0
         self._writers: list[RunStreamWriter] = []
         self._wakeup = asyncio.Event()
@@ -212,11 +263,13 @@ class StreamFlusher:
                 error,
                 _count_tokens(entries),
                 writer.correlation_id,
+                extra={"tokens_lost": _count_tokens(entries)},  # for log processors (and tests) to add up
             )
 
 
 def _count_tokens(entries: list[dict[str, str]]) -> int:
-    return sum(1 for fields in entries if fields["kind"] == TOKEN)
+    # Tool entries count too: they take sequence numbers, so a reader sees them missing like tokens.
+    return sum(1 for fields in entries if fields["kind"] in NUMBERED_KINDS)
 
 
 async def _demo() -> None:

@@ -18,8 +18,10 @@ from support.validation import check_message, validate_cursor, validate_session_
 DEFAULT_MESSAGE = "Plan a 3-day trip to Tokyo with emphasis on culture and food"
 
 
-def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+def build_parser(prog: str, description: str, *, crash_demo: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    if crash_demo:  # sample.py only: reliability/crash_demo.py
+        parser.add_argument("--crash-demo", action="store_true", help="kill a worker mid-answer; watch it re-delivered")
     parser.add_argument("-m", "--message", help=f"what to ask the TravelPlanner (default: {DEFAULT_MESSAGE!r})")
     parser.add_argument("--session", help="continue this conversation (the session key printed by an earlier run)")
     parser.add_argument("--cursor", help="with --session and no -m: reattach and print only what follows this entry id")

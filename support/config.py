@@ -52,6 +52,7 @@ class Settings:
     stream_max_length: int
     idle_timeout_seconds: float
     heartbeat_seconds: float
+    max_silence_seconds: float
     local_scheduler_port: int
     local_redis_port: int
     log_level: str = "WARNING"
@@ -89,6 +90,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         stream_max_length=_whole_number(environ, "REDIS_STREAM_MAX_LENGTH", 10_000, 100, 10_000_000, "entries"),
         idle_timeout_seconds=idle_timeout_seconds,
         heartbeat_seconds=_seconds(environ, "STREAM_HEARTBEAT_SECONDS", 2.0),
+        max_silence_seconds=_seconds(environ, "STREAM_MAX_SILENCE_SECONDS", 300.0),
         local_scheduler_port=_port(environ, "LOCAL_SCHEDULER_PORT", 8080),
         local_redis_port=_port(environ, "LOCAL_REDIS_PORT", 6379),
         log_level=_log_level(environ),

@@ -11,6 +11,8 @@ configured. It is deterministic and behaves like a tool-calling model:
    model again with their results; the model then streams a markdown itinerary
    built from those results, one word per update, pausing between words so the
    stream looks (and can be interrupted) like a real one.
+3. Like a real model it reports usage with each reply: input tokens (the words it
+   was sent) and output tokens (the words, or tool calls, it produced).
 
 Two knobs exist for demos and tests; in the sample they come from the
 environment through `demo_model_from_env`:
@@ -46,6 +48,7 @@ from agent_framework import (
     FunctionInvocationLayer,
     Message,
     ResponseStream,
+    UsageDetails,
 )
 from agent_framework.observability import ChatTelemetryLayer
 
@@ -168,18 +171,29 @@ class _Reply:
 
     function_calls: list[Content]
     text: str = ""
+    input_tokens: int = 0  # the words of the conversation it was sent: a stand-in for a tokenizer
+
+    def usage(self, output_tokens: int) -> Content:
+        return Content.from_usage(
+            UsageDetails(
+                input_token_count=self.input_tokens,
+                output_token_count=output_tokens,
+                total_token_count=self.input_tokens + output_tokens,
+            )
+        )
 
 
 def _plan_reply(messages: Sequence[Message]) -> _Reply:
     request, since_request = _latest_request(messages)
     trip = parse_trip_request(request)
     results = _tool_results_by_name(since_request)
+    words = sum(len(_TOKEN.findall(message.text)) for message in messages)
     if not results:
         # First call of a turn: ask the framework to run both tools for us.
-        return _Reply(function_calls=_tool_calls_for(trip))
+        return _Reply(function_calls=_tool_calls_for(trip), input_tokens=words)
     weather = results.get(WEATHER_TOOL_NAME, "")
     events = results.get(EVENTS_TOOL_NAME, "")
-    return _Reply(function_calls=[], text=write_itinerary(trip, weather, events))
+    return _Reply(function_calls=[], text=write_itinerary(trip, weather, events), input_tokens=words)
 
 
 def _latest_request(messages: Sequence[Message]) -> tuple[str, Sequence[Message]]:
@@ -285,13 +299,19 @@ class DemoChatClient(
     async def _complete_reply(self, reply: _Reply) -> ChatResponse:
         if reply.function_calls:
             message = Message("assistant", reply.function_calls)
-            return ChatResponse(messages=[message], finish_reason="tool_calls", model=MODEL_NAME, created_at=_now())
+            usage = reply.usage(len(reply.function_calls)).usage_details
+            return ChatResponse(
+                messages=[message], finish_reason="tool_calls", model=MODEL_NAME, created_at=_now(), usage_details=usage
+            )
         if self.fail_after_tokens is not None and not self.fail_stream_only:
             # The durable host retries a failed stream once without streaming;
             # failing here too lets tests see the run fail for real.
             raise self._injected_failure()
         message = Message("assistant", [reply.text])
-        return ChatResponse(messages=[message], finish_reason="stop", model=MODEL_NAME, created_at=_now())
+        usage = reply.usage(len(_TOKEN.findall(reply.text))).usage_details
+        return ChatResponse(
+            messages=[message], finish_reason="stop", model=MODEL_NAME, created_at=_now(), usage_details=usage
+        )
 
     async def _stream_reply(self, reply: _Reply) -> AsyncIterator[ChatResponseUpdate]:
         # One reply is one assistant message: every update carries the same ids.
@@ -304,7 +324,8 @@ class DemoChatClient(
             created_at=_now(),  # the durable host records it with the answer
         )
         if reply.function_calls:
-            yield update(contents=reply.function_calls, finish_reason="tool_calls")
+            usage = reply.usage(len(reply.function_calls))
+            yield update(contents=[*reply.function_calls, usage], finish_reason="tool_calls")
             return
         tokens: list[str] = _TOKEN.findall(reply.text)
         if self.fail_after_tokens is not None:
@@ -317,6 +338,7 @@ class DemoChatClient(
             yield update(contents=[Content.from_text(token)])
         if self.fail_after_tokens is not None:
             raise self._injected_failure()
+        yield update(contents=[reply.usage(len(tokens))], finish_reason="stop")
 
     def _injected_failure(self) -> RuntimeError:
         return RuntimeError(f"Demo model failure after {self.fail_after_tokens} tokens (injected)")

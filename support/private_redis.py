@@ -48,7 +48,7 @@ class PrivateRedisServer:
         # --save "" and --appendonly no: nothing touches the disk; --bind: loopback only.
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         command += ["--dir", self._workdir.name, "--logfile", str(log_path), *self.extra_args]
-        self._process = subprocess.Popen(_dying_with_this_process(command), stdin=subprocess.DEVNULL)
+        self._process = subprocess.Popen(dying_with_this_process(command), stdin=subprocess.DEVNULL)
         self._wait_until_ready(log_path)
         return self
 
@@ -106,7 +106,7 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
-def _dying_with_this_process(command: list[str]) -> list[str]:
+def dying_with_this_process(command: list[str]) -> list[str]:
     """`command`, wrapped so that Linux stops it when this process dies."""
     if not sys.platform.startswith("linux"):
         return command

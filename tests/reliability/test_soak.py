@@ -25,6 +25,7 @@ CONCURRENT = 8
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(900)  # about two minutes on a quiet machine; the suite's 300 s is for ordinary tests
 async def test_soak_random_interruptions_lose_and_duplicate_nothing(redis_url: str) -> None:
     rng = random.Random(7)
     with worker_stack(redis_url, DEMO_MODEL_TOKEN_DELAY_MS="3") as services:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from agent_framework import AgentResponseUpdate
+
 from redis_stream_response_handler import DONE, ERROR, HEARTBEAT, RESTART, START, TOKEN, RedisStreamResponseHandler
+from reliability.run_liveness import ENDED_WITHOUT_A_MARKER
 from reliability.run_tracker import read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 from tests.streams import write_entries
@@ -45,6 +48,59 @@ async def test_a_silent_run_writes_heartbeats(redis_url: str) -> None:
 
     assert kinds[0] == START and kinds[-2:] == [TOKEN, DONE]
     assert kinds.count(HEARTBEAT) >= 3
+
+
+async def test_a_run_that_ended_without_its_marker_gets_an_error_marker_not_heartbeats(redis_url: str) -> None:
+    """Default settings. Heartbeats prove a run alive: once its task is gone, readers get an error, not more waiting."""
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url) as handler:
+        flusher = StreamFlusher(handler)
+
+        async def a_run_that_skips_its_report() -> None:  # a failure path that never writes the final marker
+            writer = RunStreamWriter(flusher, conversation, "run-1")
+            writer.start()
+            writer.append_token("partial ")
+
+        await asyncio.create_task(a_run_that_skips_its_report())
+        async with asyncio.timeout(10):  # the hang this guards against: heartbeats for ever (it takes < 1 s)
+            chunks = [c async for c in read_run(handler, conversation, correlation_id="run-1")]
+
+    assert [c.kind for c in chunks] == [START, TOKEN, ERROR]
+    assert chunks[-1].error == ENDED_WITHOUT_A_MARKER
+
+
+async def test_a_run_silent_for_the_max_silence_gets_an_error_marker(redis_url: str) -> None:
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url) as handler:
+        flusher = StreamFlusher(handler, max_silence_seconds=1.0)
+        writer = RunStreamWriter(flusher, conversation, "run-1", heartbeat_seconds=0.1)
+        writer.start()
+        writer.append_token("thinking ")  # then the model call hangs: no more updates
+        async with asyncio.timeout(10):  # heartbeats every 0.1 s would keep this reader waiting for ever
+            chunks = [c async for c in read_run(handler, conversation, correlation_id="run-1")]
+        writer.append_token("too late ")
+        await writer.finish()  # the stream has ended: returns at once, writes nothing
+        kinds = [e["kind"] for e in await all_entries(handler, conversation)]
+
+    assert [c.kind for c in chunks] == [START, TOKEN, ERROR]
+    assert chunks[-1].error is not None and "no progress for 1s" in chunks[-1].error
+    assert HEARTBEAT in kinds and kinds[-1] == ERROR  # alive until the limit; nothing after the error marker
+
+
+async def test_updates_without_text_are_progress_too(redis_url: str) -> None:
+    """Updates that add no entry (a tool call's argument fragments, say) still show the run alive."""
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url) as handler:
+        writer = RunStreamWriter(StreamFlusher(handler, max_silence_seconds=2.0), conversation, "run-1")
+        writer.start()
+        for _ in range(30):  # three seconds of updates without text, each well within the limit
+            await asyncio.sleep(0.1)
+            writer.append_update(AgentResponseUpdate(role="assistant"))
+        writer.append_token("the answer")
+        await writer.finish()
+        chunks = [c async for c in read_run(handler, conversation, correlation_id="run-1")]
+
+    assert [c.kind for c in chunks] == [START, TOKEN, DONE]
 
 
 async def test_the_error_marker_comes_after_every_token(redis_url: str) -> None:

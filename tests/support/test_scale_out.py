@@ -33,13 +33,13 @@ CONCURRENT_CLIENTS = 8
 
 
 class SchedulerProcess:
-    """`python scheduler_server.py --port P`, waited on until it says it is ready."""
+    """`python scheduler_server.py --port P [args]`, waited on until it says it is ready."""
 
-    def __init__(self, port: int, log: Path) -> None:
+    def __init__(self, port: int, log: Path, env: dict[str, str], *args: str) -> None:
         self.endpoint = f"http://localhost:{port}"
         self.log = log
         self.process = subprocess.Popen(
-            [sys.executable, "scheduler_server.py", "--port", str(port)], cwd=ROOT, env=cli_environment(),
+            [sys.executable, "scheduler_server.py", "--port", str(port), *args], cwd=ROOT, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log.open("w"),
         )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -54,8 +54,9 @@ class SchedulerProcess:
 
 
 @pytest.fixture(scope="module")
-def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchedulerProcess]:
-    running = SchedulerProcess(free_port(), tmp_path_factory.mktemp("scheduler") / "scheduler.log")
+def scheduler(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchedulerProcess]:
+    env = cli_environment(REDIS_CONNECTION_STRING=redis_url)  # else it starts a Redis on 6379 for the workers
+    running = SchedulerProcess(free_port(), tmp_path_factory.mktemp("scheduler") / "scheduler.log", env)
     yield running
     assert running.stop() == 0, "scheduler_server.py must exit 0 on SIGTERM"
 

@@ -84,9 +84,9 @@ def test_json_output_is_one_object_per_chunk_ending_with_done(worker: WorkerProc
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert records[-1]["done"] is True
     assert {"session", "entry_id", "sequence", "text"} <= records[0].keys()
-    tokens = [r for r in records if r["text"]]
-    assert [r["sequence"] for r in tokens] == list(range(len(tokens)))
-    assert "Oslo" in "".join(r["text"] for r in tokens)
+    numbered = records[1:-1]  # between the start and done markers: tool entries, then tokens, one counter
+    assert records[0]["start"] is True and [r["sequence"] for r in numbered] == list(range(len(numbered)))
+    assert "Oslo" in "".join(r["text"] for r in numbered)
 
 
 def test_second_turn_with_session_streams_only_its_own_answer(worker: WorkerProcess) -> None:

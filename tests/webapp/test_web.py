@@ -203,7 +203,7 @@ async def test_a_failing_run_ends_with_an_error_event(redis_url: str) -> None:
         async with httpx.AsyncClient(base_url=failing.url, timeout=30) as http:
             events = await read_run(http, await start_run(http, "Plan a 2-day trip to Paris"))
 
-    assert [e.event for e in events] == ["message"] * 3 + ["error"]
+    assert [e.event for e in events] == ["tool_call"] * 2 + ["tool_result"] * 2 + ["message"] * 3 + ["error"]
     assert "Demo model failure" in events[-1].data
 
 

@@ -1,0 +1,239 @@
+"""AG-UI: the durable TravelPlanner over Agent Framework's front-end protocol, resumable with Last-Event-ID.
+
+    POST /ag-ui/TravelPlanner                              body: an AG-UI RunAgentInput
+         threadId = the session key (the conversation), runId = the client's id for this run, the
+         last user message = the message. Starts the durable run without waiting, then streams it
+         as AG-UI events (text/event-stream), every event with an `id:`.
+    GET  /ag-ui/TravelPlanner/{threadId}/runs/{runId}      header Last-Event-ID: the last id received
+         The same run's events after that id (all of them without the header): no gap, no repeat,
+         whether the run is still going or long finished, and even after the worker restarted.
+
+Bad input (not a RunAgentInput, no user message, an unsafe threadId or runId) is a 422 with the
+reason, and nothing is started. A runId already started on the thread is a 409: resume it instead.
+
+Watch the events in a terminal (`uv run web.py` first):
+
+    curl -N localhost:8000/ag-ui/TravelPlanner -H 'content-type: application/json' -d '{"threadId": "t1",
+      "runId": "r1", "messages": [{"id": "m1", "role": "user", "content": "Plan a 2-day trip to Oslo"}],
+      "tools": [], "context": [], "forwardedProps": {}}'
+    curl -N localhost:8000/ag-ui/TravelPlanner/t1/runs/r1 -H 'Last-Event-ID: <an id from above>'
+
+How it works: the run's entries are read from Redis (`read_run`) and mapped to events by
+`webapp/ag_ui_events.py`, whose event ids come from entry ids. A resume replays the run from the
+cursor stored when it started and skips every event up to Last-Event-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from ag_ui.core import RunAgentInput, TextInputContent, UserMessage
+from agent_framework import AgentResponse
+from agent_framework_durabletask import DurableAIAgent
+from durabletask.azuremanaged.client import DurableTaskSchedulerClient
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from redis_stream_response_handler import START_OF_STREAM, RedisStreamResponseHandler, StreamChunk
+from reliability.durable_record import wait_for_recorded_answer
+from reliability.run_tracker import read_run
+from support.errors import UsageError
+from support.sessions import correlation_id_of, session_for
+from support.validation import message_problem, validate_session_key
+from webapp.ag_ui_events import RunEvents, event_id_order, sse_frame
+
+PATH = "/ag-ui/TravelPlanner"
+RUN_KEY_PREFIX = "ag-ui-run:"
+PING_SECONDS = 10  # keep-alive comment while the run is silent, so proxies keep the connection open
+RETRY_MILLISECONDS = 1000  # for a browser EventSource on the resume route: how soon it reconnects
+# A run's record (its cursor and correlation id) must outlive its stream, whose TTL counts from the
+# stream's LAST write: keep the record that long after the run STARTED, plus an hour for the run itself.
+RUN_RECORD_EXTRA_SECONDS = 3600
+_RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # fullmatch: `$` would accept a trailing newline
+# Workaround (agent-framework-ag-ui 1.7.0): its client (AGUIHttpService.post_run) leaves out these required
+# RunAgentInput fields; its own server accepts that, and so do we: (field name, JSON name, value when absent).
+_OFTEN_OMITTED = (("tools", "tools", []), ("context", "context", []), ("forwarded_props", "forwardedProps", {}))
+
+
+class RejectedError(Exception):
+    """A request answered with JSON {"error": message} and `status_code` instead of a stream; nothing started."""
+
+    def __init__(self, message: str, status_code: int = 422) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a resume needs to replay one AG-UI run from the conversation's stream."""
+
+    thread_id: str
+    run_id: str
+    cursor: str  # the stream's newest entry id BEFORE the run started
+    correlation_id: str | None  # the durable run; None: follow the first run after the cursor
+
+
+async def run_agent(request: Request) -> Response:
+    """Check the RunAgentInput, start the durable run without waiting, stream its events."""
+    try:
+        thread_id, run_id, message = await _checked_input(request)
+        record = await _start_run(request.app, thread_id, run_id, message)
+    except RejectedError as error:
+        return JSONResponse({"error": str(error)}, status_code=error.status_code)
+    return EventSourceResponse(_frames(request.app, record, after=None), ping=PING_SECONDS)
+
+
+async def resume_run(request: Request) -> Response:
+    """Replay one run's events after Last-Event-ID (all of them without it), live until the run ends."""
+    try:
+        thread_id = _checked_thread_id(request.path_params["thread_id"])
+        run_id = _checked_run_id(request.path_params["run_id"])
+        last_event_id = request.headers.get("last-event-id")
+        after = _checked_event_id(last_event_id) if last_event_id else None
+        record = await _load_record(request.app, thread_id, run_id)
+    except RejectedError as error:
+        return JSONResponse({"error": str(error)}, status_code=error.status_code)
+    return EventSourceResponse(_frames(request.app, record, after, retry=True), ping=PING_SECONDS)
+
+
+ROUTES = [Route(PATH, run_agent, methods=["POST"]), Route(PATH + "/{thread_id}/runs/{run_id}", resume_run)]
+
+
+async def _checked_input(request: Request) -> tuple[str, str, str]:
+    """(thread id, run id, message) from a RunAgentInput body, or RejectedError naming the problem."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RejectedError("the body must be JSON: an AG-UI RunAgentInput") from None
+    if not isinstance(body, dict):
+        raise RejectedError("the body must be a JSON object: an AG-UI RunAgentInput")
+    for name, json_name, absent in _OFTEN_OMITTED:
+        if name not in body and json_name not in body:
+            body[name] = absent
+    try:
+        run_input = RunAgentInput.model_validate(body)
+    except ValidationError as error:
+        raise RejectedError(f"not a valid RunAgentInput: {_first_problems(error)}") from None
+    thread_id, run_id = _checked_thread_id(run_input.thread_id), _checked_run_id(run_input.run_id)
+    return thread_id, run_id, _last_user_message(run_input)
+
+
+def _first_problems(error: ValidationError, limit: int = 3) -> str:
+    problems = [f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" for problem in error.errors()]
+    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+    return "; ".join(problems[:limit]) + more
+
+
+def _last_user_message(run_input: RunAgentInput) -> str:
+    """The text of the last user message: the server keeps the history, a client may resend it all."""
+    if not run_input.messages:
+        raise RejectedError("messages is empty: send the user's message as the last one")
+    user_messages = [message for message in run_input.messages if isinstance(message, UserMessage)]
+    if not user_messages:
+        raise RejectedError("messages has no user message: the last one is what the agent answers")
+    content = user_messages[-1].content
+    text = content if isinstance(content, str) else "".join(p.text for p in content if isinstance(p, TextInputContent))
+    if problem := message_problem(text):
+        raise RejectedError(f"the last user message: {problem}")
+    return text
+
+
+def _checked_thread_id(thread_id: str) -> str:
+    try:
+        return validate_session_key(thread_id)
+    except UsageError as error:
+        raise RejectedError(f"threadId is the session key: {error}") from None
+
+
+def _checked_run_id(run_id: str) -> str:
+    if not _RUN_ID.fullmatch(run_id):
+        raise RejectedError(f"runId must be 1-128 letters, digits, '_', '-', '.' or ':' (got {run_id!r})")
+    return run_id
+
+
+def _checked_event_id(event_id: str) -> tuple[int, int, int]:
+    try:
+        return event_id_order(event_id)
+    except ValueError as error:
+        raise RejectedError(str(error)) from None
+
+
+def record_key(thread_id: str, run_id: str) -> str:
+    return f"{RUN_KEY_PREFIX}{thread_id}/{run_id}"  # '/' is in neither id's alphabet: no two pairs collide
+
+
+async def _start_run(app: Starlette, thread_id: str, run_id: str, message: str) -> RunRecord:
+    handler: RedisStreamResponseHandler = app.state.handler
+    key, ttl = record_key(thread_id, run_id), app.state.settings.stream_ttl_seconds + RUN_RECORD_EXTRA_SECONDS
+    # The cursor is taken BEFORE the run starts, so the stream after it holds this run and nothing older.
+    cursor = await handler.last_entry_id(thread_id)
+    # NX: a retried POST must not run the agent twice. Claimed first, so two racing POSTs cannot both start.
+    if not await handler.redis.set(key, json.dumps({"cursor": cursor}), nx=True, ex=ttl):
+        resume = f"GET {PATH}/{thread_id}/runs/{run_id}"
+        raise RejectedError(f"run {run_id} was already started on this thread; to follow it: {resume}", 409)
+    try:
+        # Fire and forget, as client.py does; a blocking gRPC call, so off the event loop.
+        correlation_id = await asyncio.to_thread(_start_durable_run, app.state.agent, message, thread_id)
+    except Exception as error:
+        await handler.redis.delete(key)  # nothing started: the run id is free again
+        if not isinstance(error, grpc.RpcError):
+            raise
+        detail = f"{error.code().name} {error.details()}"  # type: ignore[attr-defined]
+        raise RejectedError(f"the scheduler failed the request: {detail}", 502) from None
+    await handler.redis.set(key, json.dumps({"cursor": cursor, "correlation_id": correlation_id}), ex=ttl)
+    return RunRecord(thread_id, run_id, cursor, correlation_id)
+
+
+def _start_durable_run(agent: DurableAIAgent[AgentResponse], message: str, session_key: str) -> str | None:
+    acknowledgement = agent.run(message, session=session_for(session_key), options={"wait_for_response": False})
+    return correlation_id_of(acknowledgement)
+
+
+async def _load_record(app: Starlette, thread_id: str, run_id: str) -> RunRecord:
+    handler: RedisStreamResponseHandler = app.state.handler
+    stored = await handler.redis.get(record_key(thread_id, run_id))
+    if stored is None:
+        raise RejectedError(f"no run {run_id} on thread {thread_id}: never started here, or expired", 404)
+    fields = json.loads(stored)
+    if fields["cursor"] != START_OF_STREAM and await handler.last_entry_id(thread_id) == START_OF_STREAM:
+        raise RejectedError(f"run {run_id} on thread {thread_id} is gone: its stream expired", 404)
+    return RunRecord(thread_id, run_id, fields["cursor"], fields.get("correlation_id"))
+
+
+async def _frames(
+    app: Starlette, record: RunRecord, after: tuple[int, int, int] | None, *, retry: bool = False
+) -> AsyncIterator[bytes]:
+    """The run's SSE frames, skipping events up to `after`; ends after RUN_FINISHED or RUN_ERROR.
+
+    When the client disconnects, sse-starlette cancels this generator while it waits in XREAD
+    BLOCK; the run goes on in the worker, and a resume picks it up where this one stopped.
+    """
+    handler: RedisStreamResponseHandler = app.state.handler
+    events = RunEvents(thread_id=record.thread_id, run_id=record.run_id)
+    app.state.active_streams += 1
+    try:
+        if retry:
+            yield f"retry: {RETRY_MILLISECONDS}\n\n".encode()
+        async for chunk in read_run(handler, record.thread_id, record.cursor, record.correlation_id):
+            recorded = await _recorded_answer(app, record.thread_id, chunk) if chunk.is_done and chunk.missing else None
+            for event_id, event in events.events_for(chunk, recorded):
+                if after is None or event_id_order(event_id) > after:
+                    yield sse_frame(event_id, event)
+    finally:
+        app.state.active_streams -= 1
+
+
+async def _recorded_answer(app: Starlette, thread_id: str, done: StreamChunk) -> str | None:
+    """The answer the durable entity recorded for the run that `done` ends (committed a moment after it)."""
+    client: DurableTaskSchedulerClient = app.state.client
+    answer = await asyncio.to_thread(wait_for_recorded_answer, client, thread_id, done.correlation_id, 5.0)
+    return answer.text if answer is not None else None
