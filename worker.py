@@ -71,8 +71,7 @@ class RedisStreamCallback:
                 writer.restart_with(response.text, reason="the streamed attempt failed; this is the recorded answer")
             else:
                 writer.append_token(response.text)
-        # The done (or, for a stopped run, cancelled) marker, with the run's usage, after every entry.
-        await writer.finish(usage=response.usage_details, cancelled=cancel_reason(response))
+        await writer.finish(usage=response.usage_details, cancelled=cancel_reason(response))  # done or cancelled
 
     async def on_run_failed(self, context: AgentCallbackContext, error: BaseException) -> None:
         writer = self._writers.pop(context.correlation_id, None) or self._new_writer(context)

@@ -104,8 +104,12 @@ class ReportingAgent:
         yield AgentResponseUpdate(role="assistant", additional_properties={RUN_STARTED: True})
         # The callback has now seen RUN_STARTED, so `scope.cancel` is set (when the worker watches for stops).
         updates = until_cancelled(inner, scope.cancel) if scope.cancel is not None else inner
-        async for update in updates:
-            yield update
+        try:
+            async for update in updates:
+                yield update
+        finally:
+            if scope.cancel is not None:
+                scope.cancel.close()  # however the stream ends, the worker stops watching for its stop
 
     async def _run_to_completion(self, messages: Any, **kwargs: Any) -> AgentResponse:
         try:
