@@ -230,11 +230,20 @@ async def until_cancelled(
             if signal.requested:
                 break  # it arrived after the stop: not shown, not recorded
             yield update
-        close = getattr(stream, "close", None) or getattr(stream, "aclose", None)
-        if close is not None:
-            await close()  # releases the model's connection; idempotent on a ResponseStream
+        await _close(stream)
     finally:
         signal.close()
+
+
+async def _close(stream: AsyncIterator[AgentResponseUpdate]) -> None:
+    # Releases the model's connection (idempotent on a ResponseStream). The run is stopping
+    # anyway: a cleanup that fails is logged, it does not turn the stop into a failed run.
+    close = getattr(stream, "close", None) or getattr(stream, "aclose", None)
+    try:
+        if close is not None:
+            await close()
+    except Exception as error:
+        logger.warning("closing the stopped run's stream failed (%s)", error)
 
 
 def cancelled_response(updates: Sequence[AgentResponseUpdate], reason: str) -> AgentResponse:
