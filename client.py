@@ -4,6 +4,7 @@
     uv run client.py --session <key> -m "Make day 2 more relaxed"   # next turn, same conversation
     uv run client.py --session <key> --cursor <entry id>            # reattach: print what follows
     uv run client.py -m "..." --json                                # one JSON object per chunk
+    uv run client.py --session <key> --cancel                       # stop that conversation's current run
 
 The answer goes to stdout, status lines to stderr. Exit status: 0 the answer completed, 1 the run
 failed or stopped, 2 bad usage or configuration, 130 interrupted (it prints the resume command).
@@ -32,6 +33,7 @@ from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 
 from agents import AGENT_NAME
 from redis_stream_response_handler import ERROR, RedisStreamResponseHandler, StreamChunk
+from reliability.cancellation import cancel_command
 from reliability.recovery import print_latest_recorded_answer, reattach_point_exists, settle_with_record
 from reliability.run_tracker import read_run
 from support.cli import build_parser, messages_to_send, validate_arguments
@@ -78,8 +80,8 @@ async def stream_turn(conversation: Conversation, message: str | None, printer: 
         printer.print_chunk(chunk)
         final = chunk
     printer.end_line()
-    if not final.is_done:  # an error marker, or nothing arrived for the idle timeout
-        print(f"error: {final.error}", file=sys.stderr)
+    if not final.is_done:  # an error or cancelled marker, or nothing arrived for the idle timeout
+        printer.print_end(final)  # `error: ...` or `[client] the run was cancelled`
         return EXIT_RUN_FAILED
     if final.missing or verify:  # tokens lost on the way, or asked to check: the durable record decides
         return await settle_with_record(conversation.scheduler, key, final, printer, verify)
@@ -122,7 +124,7 @@ def resume_hint(conversation: Conversation, program: str = "uv run client.py") -
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser("client.py", "Ask the TravelPlanner and stream its answer from Redis.").parse_args(argv)
+    args = build_parser("client.py", "Ask the TravelPlanner and stream its answer.", can_cancel=True).parse_args(argv)
     conversation = Conversation(session_key=args.session or new_session_key(), cursor=args.cursor)
 
     def run() -> int:
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         with ExitStack() as stack:
             settings = check_environment()
             services = provide_services(settings, stack, role="client")  # finds what worker.py started
+            if args.cancel:  # a Stop, not a disconnect: the worker ends the run (reliability/cancellation.py)
+                return asyncio.run(cancel_command(settings, services, conversation.session_key))
             return asyncio.run(run_client(args, settings, services, conversation))
 
     return run_entry_point(run, resume_hint=lambda: resume_hint(conversation))

@@ -16,8 +16,8 @@ Each entry's fields (Redis stores strings):
     timestamp       seconds since the epoch, when the worker produced it
     error, chunks   the error message (error markers), tokens in the run (done markers)
     worker, attempt host:pid that ran it, id of one attempt at the answer (start and restart markers)
-    name, call_id   the tool and its call (tool_call: + arguments, JSON; tool_result: + result, + error if it failed)
-    usage, reason   {"input_tokens": N, "output_tokens": M} (done markers), why the run stopped (cancelled)
+    name, call_id   the tool and its call; tool_call: + arguments (JSON), tool_result: + result, error (if it failed)
+    usage, reason   done markers: {"input_tokens": N, "output_tokens": M}; cancelled markers: why the run stopped
 
 Try it (writes a short run to the Redis on localhost:6379, reads it back): `uv run python -m reliability.write_behind`
 

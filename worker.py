@@ -33,6 +33,7 @@ from durabletask.worker import ConcurrencyOptions
 
 from agents import create_chat_client, create_travel_agent
 from redis_stream_response_handler import RedisStreamResponseHandler
+from reliability.cancellation import CancelWatcher, cancel_reason
 from reliability.reporting_agent import ReportingAgent, is_run_started, remember_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.console import EXIT_OK, announce, run_entry_point, setup_logging
@@ -52,11 +53,12 @@ class RedisStreamCallback:
         self._settings, self._redis_url = settings, redis_url
         self._flusher: StreamFlusher | None = None
         self._writers: dict[str, RunStreamWriter] = {}  # correlation id -> that run's writer
+        self._stops = CancelWatcher()  # polls Redis for stop requests while runs stream
 
     async def on_streaming_response_update(self, update: AgentResponseUpdate, context: AgentCallbackContext) -> None:
         if is_run_started(update):  # ReportingAgent's empty first update: the run begins
-            remember_run(context)
-            self._writers[context.correlation_id] = self._new_writer(context)
+            writer = self._writers[context.correlation_id] = self._new_writer(context)
+            remember_run(context, self._stops.watch(writer))  # a stop request for this run ends its stream
             return
         self._writers[context.correlation_id].append_update(update)  # text and tool activity, queued: never waits
 
@@ -69,7 +71,7 @@ class RedisStreamCallback:
                 writer.restart_with(response.text, reason="the streamed attempt failed; this is the recorded answer")
             else:
                 writer.append_token(response.text)
-        await writer.finish(usage=response.usage_details)  # the done marker, written after every entry
+        await writer.finish(usage=response.usage_details, cancelled=cancel_reason(response))  # done or cancelled
 
     async def on_run_failed(self, context: AgentCallbackContext, error: BaseException) -> None:
         writer = self._writers.pop(context.correlation_id, None) or self._new_writer(context)

@@ -33,7 +33,7 @@ from typing import Any
 from benchmarks.agent_stack import AgentStack
 from benchmarks.common import Row, RssSampler, memory_usage, new_key, summarize_ms
 from redis_stream_response_handler import TOKEN, RedisStreamResponseHandler, StreamChunk, stream_key
-from reliability.run_tracker import read_run
+from reliability.run_tracker import NUMBERED_KINDS, read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 
 RUN_ID = "bench-run"
@@ -46,7 +46,7 @@ class SessionRead:
     """What one reader saw of one run."""
 
     latencies: list[float] = field(default_factory=list)
-    sequences: list[int] = field(default_factory=list)
+    sequences: list[int] = field(default_factory=list)  # of tokens and tool entries
     final: StreamChunk | None = None
     finished_at: float = 0.0
 
@@ -64,6 +64,7 @@ async def read_session(
     async for chunk in read_run(handler, key, cursor, correlation_id=correlation_id):
         if chunk.kind == TOKEN:
             seen.latencies.append(time.time() - chunk.timestamp)
+        if chunk.kind in NUMBERED_KINDS:  # tool entries share the tokens' sequence numbers
             seen.sequences.append(chunk.sequence)
         seen.final = chunk
     seen.finished_at = time.time()
@@ -73,7 +74,7 @@ async def read_session(
 def summarize_sessions(
     sessions: int, reads: Sequence[SessionRead], started: float, redis_url: str, keys: Sequence[str]
 ) -> Row:
-    tokens = sum(len(read.sequences) for read in reads)
+    tokens = sum(len(read.latencies) for read in reads)
     wall = max(read.finished_at for read in reads) - started
     latencies = [latency for read in reads for latency in read.latencies]
     return {

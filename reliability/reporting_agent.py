@@ -10,18 +10,23 @@ wraps the agent so that every run's stream ends:
 - when the run fails for good (the entity retries a failed stream once WITHOUT streaming, and
   that fails too), it calls the callback's `on_run_failed`, which writes the error marker.
 
+It is also where a stop request ends a run (reliability/cancellation.py): the streamed updates go
+through `until_cancelled`, and a stopped run's final response is what it said before the stop.
+
 Everything else is delegated to the wrapped agent unchanged.
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, overload
 
 from agent_framework import AgentResponse, AgentResponseUpdate, AgentSession, ResponseStream, SupportsAgentRun
 from agent_framework_durabletask import AgentCallbackContext
+
+from reliability.cancellation import CancelSignal, cancelled_response, until_cancelled
 
 RUN_STARTED = "run_started"  # marks the first, empty update of every streamed run
 
@@ -37,6 +42,7 @@ class _RunScope:
     to all of them, and to no other run."""
 
     context: AgentCallbackContext | None = None
+    cancel: CancelSignal | None = None  # how a stop request reaches this run, once it is watched
 
 
 _current_run: contextvars.ContextVar[_RunScope | None] = contextvars.ContextVar("current_run", default=None)
@@ -47,11 +53,14 @@ def is_run_started(update: AgentResponseUpdate) -> bool:
     return bool((update.additional_properties or {}).get(RUN_STARTED))
 
 
-def remember_run(context: AgentCallbackContext) -> None:
-    """Called by the callback on `RUN_STARTED`: a later failure of this run is reported with `context`."""
+def remember_run(context: AgentCallbackContext, cancel: CancelSignal | None = None) -> None:
+    """Called by the callback on `RUN_STARTED`: a later failure of this run is reported with `context`,
+    and a stop requested through `cancel` ends its stream."""
     scope = _current_run.get()
     if scope is not None:
-        scope.context = context
+        scope.context, scope.cancel = context, cancel
+    elif cancel is not None:
+        cancel.close()  # not a run of a ReportingAgent: nothing could stop it
 
 
 class ReportingAgent:
@@ -83,17 +92,24 @@ class ReportingAgent:
         self, messages: Any = None, *, stream: bool = False, session: AgentSession | None = None, **kwargs: Any
     ) -> Awaitable[AgentResponse] | ResponseStream[AgentResponseUpdate, AgentResponse]:
         if stream:
-            _current_run.set(_RunScope())
+            scope = _RunScope()
+            _current_run.set(scope)
             inner = self._agent.run(messages, stream=True, session=session, **kwargs)
-            return ResponseStream(self._stream(inner), finalizer=lambda _updates: inner.get_final_response())
+            return ResponseStream(self._stream(inner, scope), finalizer=lambda updates: _final(inner, updates, scope))
         return self._run_to_completion(messages, session=session, **kwargs)
 
     async def _stream(
-        self, inner: ResponseStream[AgentResponseUpdate, AgentResponse]
+        self, inner: ResponseStream[AgentResponseUpdate, AgentResponse], scope: _RunScope
     ) -> AsyncIterator[AgentResponseUpdate]:
         yield AgentResponseUpdate(role="assistant", additional_properties={RUN_STARTED: True})
-        async for update in inner:
-            yield update
+        # The callback has now seen RUN_STARTED, so `scope.cancel` is set (when the worker watches for stops).
+        updates = until_cancelled(inner, scope.cancel) if scope.cancel is not None else inner
+        try:
+            async for update in updates:
+                yield update
+        finally:
+            if scope.cancel is not None:
+                scope.cancel.close()  # however the stream ends, the worker stops watching for its stop
 
     async def _run_to_completion(self, messages: Any, **kwargs: Any) -> AgentResponse:
         try:
@@ -109,3 +125,12 @@ class ReportingAgent:
 
     def get_session(self, service_session_id: Any, **kwargs: Any) -> AgentSession:
         return self._agent.get_session(service_session_id, **kwargs)
+
+
+def _final(
+    inner: ResponseStream[AgentResponseUpdate, AgentResponse], updates: Sequence[AgentResponseUpdate], scope: _RunScope
+) -> Awaitable[AgentResponse] | AgentResponse:
+    """The run's final response: the agent's own, or, for a stopped run, what it streamed before the stop."""
+    if scope.cancel is not None and scope.cancel.reason is not None:
+        return cancelled_response(updates, scope.cancel.reason)
+    return inner.get_final_response()

@@ -18,7 +18,10 @@ from support.validation import check_message, validate_cursor, validate_session_
 DEFAULT_MESSAGE = "Plan a 3-day trip to Tokyo with emphasis on culture and food"
 
 
-def build_parser(prog: str, description: str, *, crash_demo: bool = False) -> argparse.ArgumentParser:
+def build_parser(
+    prog: str, description: str, *, can_cancel: bool = False, crash_demo: bool = False
+) -> argparse.ArgumentParser:
+    """client.py's flags (sample.py shares them); `--cancel` only where a run may be going on elsewhere."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     if crash_demo:  # sample.py only: reliability/crash_demo.py
         parser.add_argument("--crash-demo", action="store_true", help="kill a worker mid-answer; watch it re-delivered")
@@ -27,11 +30,15 @@ def build_parser(prog: str, description: str, *, crash_demo: bool = False) -> ar
     parser.add_argument("--cursor", help="with --session and no -m: reattach and print only what follows this entry id")
     parser.add_argument("--json", action="store_true", help="print one JSON object per chunk instead of plain text")
     parser.add_argument("--verify", action="store_true", help="check the streamed answer against the durable record")
+    if can_cancel:
+        parser.add_argument("--cancel", action="store_true", help="with --session: stop the session's current run")
     return parser
 
 
 def validate_arguments(args: argparse.Namespace) -> None:
     """Usage errors, caught before anything connects anywhere."""
+    if getattr(args, "cancel", False) and (args.session is None or args.message is not None or args.cursor is not None):
+        raise UsageError("--cancel stops the current run of one conversation: use it with --session only")
     if args.cursor is not None:
         if args.session is None:
             raise UsageError("--cursor needs --session: a cursor is a position in one conversation's stream")

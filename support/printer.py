@@ -1,7 +1,13 @@
 """Printing a streamed answer: plain text on stdout, or one JSON object per chunk (`--json`).
 
-Status goes to stderr, so stdout stays the answer alone and can be piped. On a terminal a
-"waiting" indicator shows until the first token arrives.
+Status goes to stderr, so stdout stays the answer alone and can be piped: one `[tool]` line per
+tool call (support/tool_status.py), and how a run ended when it did not complete. On a terminal
+a transient line shows what the run is waiting for (the first token, a running tool).
+
+Every `--json` line has `kind` (start, token, tool_call, tool_result, restart, done, error,
+cancelled) and the fields of that kind: `name`, `call_id`, `arguments` (JSON text) on tool_call;
+`call_id`, `name`, `result` and, when the tool failed, `tool_error` on tool_result; `usage` (an
+object) on done; `reason` on cancelled.
 """
 
 from __future__ import annotations
@@ -9,8 +15,18 @@ from __future__ import annotations
 import json
 import sys
 
-from redis_stream_response_handler import DONE, ERROR, RESTART, START, StreamChunk
+from redis_stream_response_handler import (
+    CANCELLED,
+    DONE,
+    ERROR,
+    RESTART,
+    START,
+    TOOL_CALL,
+    TOOL_RESULT,
+    StreamChunk,
+)
 from support.console import announce
+from support.tool_status import ToolStatus
 
 
 class ChunkPrinter:
@@ -20,23 +36,23 @@ class ChunkPrinter:
         self.session_key = session_key
         self.as_json = as_json
         self.answer = ""  # the current attempt's text, to compare with the durable record
+        self.tools = ToolStatus()
         self._indicator_shown = False
 
     def waiting(self) -> None:
-        if not self.as_json and sys.stderr.isatty():
-            print("(waiting for the first token…)", end="", file=sys.stderr, flush=True)
-            self._indicator_shown = True
+        self._show_indicator("(waiting for the first token…)")
 
     def print_chunk(self, chunk: StreamChunk) -> None:
         self._clear_indicator()
         if chunk.kind == RESTART:
-            self.answer = ""
+            self.answer, self.tools = "", ToolStatus()
             reason = f" ({chunk.error})" if chunk.error else ""
             announce("client", f"the answer restarted{reason}; what follows replaces the text above")
+        self._show_activity(chunk)
         self.answer += chunk.text
         if self.as_json:
-            record = {"session": self.session_key, "entry_id": chunk.entry_id, "sequence": chunk.sequence}
-            record |= {"text": chunk.text, **self._flags(chunk)}
+            record = {"session": self.session_key, "kind": chunk.kind, "entry_id": chunk.entry_id}
+            record |= {"sequence": chunk.sequence, "text": chunk.text, **self._fields(chunk)}
             self._write(json.dumps(record) + "\n")
         elif chunk.text:
             self._write(chunk.text)
@@ -44,24 +60,56 @@ class ChunkPrinter:
     def print_recovered(self, text: str) -> None:
         """An answer that did not come from the stream, but from the durable record."""
         self.answer = text
-        record = {"session": self.session_key, "text": text, "recovered": True, "done": True}
+        record = {"session": self.session_key, "kind": DONE, "text": text, "recovered": True, "done": True}
         self._write(json.dumps(record) + "\n" if self.as_json else text + "\n")
 
     def end_line(self) -> None:
         self._clear_indicator()
+        for line in self.tools.unanswered():
+            print(line, file=sys.stderr, flush=True)
         if not self.as_json:
             self._write("\n")
 
-    def _flags(self, chunk: StreamChunk) -> dict[str, object]:
+    def print_end(self, final: StreamChunk) -> None:
+        """How a run that did not complete ended: cancelled, or an error (one line on stderr)."""
+        if final.kind == CANCELLED:
+            reason = f" ({final.reason})" if final.reason else ""
+            announce("client", f"the run was cancelled{reason}")
+        else:
+            print(f"error: {final.error}", file=sys.stderr)
+
+    def _show_activity(self, chunk: StreamChunk) -> None:
+        if chunk.kind == TOOL_CALL:
+            self.tools.called(chunk)
+        elif chunk.kind == TOOL_RESULT:
+            print(self.tools.returned(chunk), file=sys.stderr, flush=True)
+        else:
+            return
+        waiting = None if self.answer else "(waiting for the first token…)"
+        self._show_indicator(self.tools.running() or waiting)
+
+    def _fields(self, chunk: StreamChunk) -> dict[str, object]:
         if chunk.kind in (START, RESTART):
             return {chunk.kind: True}  # the answer (re)starts here: a cursor to replay it from
+        if chunk.kind == TOOL_CALL:
+            return {"name": chunk.name, "call_id": chunk.call_id, "arguments": chunk.arguments}
+        if chunk.kind == TOOL_RESULT:
+            failed = {"tool_error": chunk.error} if chunk.error is not None else {}
+            return {"call_id": chunk.call_id, "name": chunk.name, "result": chunk.result, **failed}
         if chunk.kind == DONE:
-            return {"done": True}
+            return {"done": True, **({"usage": json.loads(chunk.usage)} if chunk.usage else {})}
+        if chunk.kind == CANCELLED:
+            return {"reason": chunk.reason}
         return {"error": chunk.error} if chunk.kind == ERROR else {}
 
     def _write(self, text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
+
+    def _show_indicator(self, text: str | None) -> None:
+        if text and not self.as_json and sys.stderr.isatty():
+            print(text, end="", file=sys.stderr, flush=True)
+            self._indicator_shown = True
 
     def _clear_indicator(self) -> None:
         if self._indicator_shown:

@@ -10,6 +10,7 @@ app's lifespan.
          -> text/event-stream: one event per stream entry after the cursor;
             `id` = the Redis entry id, `event` = message | tool_call | tool_result | restart | done | error
             | cancelled (see `to_event`)
+    POST /agents/TravelPlanner/cancel/{session}       -> stop the session's current run (webapp/cancel.py)
     GET  /agents/TravelPlanner/answer/{session}/{correlation_id}
          -> {"text": ...}: the answer the durable entity recorded (404 until it exists)
     GET  /                                             -> static/index.html
@@ -61,6 +62,7 @@ from support.sessions import correlation_id_of, new_session_key, session_for
 from support.validation import message_problem, validate_cursor, validate_session_key
 from webapp import ag_ui
 from webapp.activity_events import activity_event
+from webapp.cancel import cancel_run
 from webapp.guards import RequestGuard
 from webapp.stream_budget import RETRY_AFTER_SECONDS, BudgetedEventSourceResponse, StreamBudget, reader_handler
 from worker import get_worker, setup_worker
@@ -132,6 +134,7 @@ def create_app(
         Route("/agents/TravelPlanner/run", run_agent, methods=["POST"]),
         Route("/agents/TravelPlanner/stream/{session}", stream_events),
         Route("/agents/TravelPlanner/answer/{session}/{correlation_id}", recorded_answer),
+        Route("/agents/TravelPlanner/cancel/{session}", cancel, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
         *ag_ui.ROUTES,  # AG-UI: the same durable, resumable runs for AG-UI clients (webapp/ag_ui.py)
     ]
@@ -256,6 +259,10 @@ def to_event(chunk: StreamChunk) -> ServerSentEvent | None:
     if chunk.kind == RESTART:
         return ServerSentEvent("the answer restarted", event="restart", id=chunk.entry_id)
     return ServerSentEvent(chunk.text, event="message", id=chunk.entry_id)
+
+
+async def cancel(request: Request) -> Response:
+    return await cancel_run(request, _checked(validate_session_key, request.path_params["session"]))
 
 
 async def recorded_answer(request: Request) -> Response:

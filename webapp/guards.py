@@ -5,9 +5,9 @@ One pure ASGI middleware, in front of every route:
 - Host allow-list (against DNS rebinding: a page on evil.example whose name a DNS server later
   points at 127.0.0.1 would otherwise be "same origin" with this app). A request whose `Host` is
   not in WEB_ALLOWED_HOSTS (default: localhost, 127.0.0.1, ::1) gets 400.
-- Same-origin state-changing requests (POST and friends): the body must be JSON
-  (`Content-Type: application/json`, 415 otherwise), which a cross-site HTML form or a "simple"
-  fetch cannot send without a CORS preflight this app never grants; and an `Origin` or
+- Same-origin state-changing requests (POST and friends): a body must be JSON
+  (`Content-Type: application/json`, 415 otherwise; no body, no type is fine), which a cross-site
+  HTML form or a "simple" fetch cannot send without a CORS preflight this app never grants; and an `Origin` or
   `Sec-Fetch-Site: cross-site` that names another site gets 403. Clients that send neither (curl,
   scripts) are not browsers acting for another site, and pass.
 - Bodies over MAX_BODY_BYTES get 413 without being kept in memory: a `Content-Length` over the
@@ -71,7 +71,8 @@ class RequestGuard:
         if headers.get("sec-fetch-site") == "cross-site":
             return 403, "cross-site request refused (Sec-Fetch-Site: cross-site)"
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json":
+        bodiless = headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
+        if media_type != "application/json" and not (media_type == "" and bodiless):  # POST /cancel has no body
             return 415, "the body must be JSON, sent with Content-Type: application/json"
         return None
 

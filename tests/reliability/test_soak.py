@@ -16,7 +16,7 @@ import pytest
 
 from client import start_run
 from redis_stream_response_handler import StreamChunk
-from reliability.run_tracker import read_run
+from reliability.run_tracker import NUMBERED_KINDS, read_run
 from support.sessions import new_session_key
 from tests.tutorial.test_end_to_end import Stack, connect, worker_stack
 
@@ -60,7 +60,8 @@ async def _one_run(stack: Stack, gate: asyncio.Semaphore, cut_after: float) -> t
         record = await asyncio.to_thread(stack.recorded, session, correlation_id or "")
         text = "".join(c.text for c in received)
         tokens = [c for c in received if c.kind == "token"]
-        in_order = [c.sequence for c in tokens] == list(range(len(tokens)))
+        numbered = [c for c in received if c.kind in NUMBERED_KINDS]  # tool entries share the tokens' counter
+        in_order = [c.sequence for c in numbered] == list(range(len(numbered)))
         return interruptions, len(tokens), record is not None and record.text == text and in_order
 
 

@@ -57,8 +57,9 @@ async def test_a_host_outside_the_allow_list_is_refused(http: httpx.AsyncClient)
         ({"Content-Type": "text/plain"}, '{"message": "hi"}', 415),
         ({"Content-Type": "application/x-www-form-urlencoded"}, '{"message": "hi"}', 415),
         ({"Content-Type": "multipart/form-data; boundary=x"}, '{"message": "hi"}', 415),
+        ({}, '{"message": "hi"}', 415),  # a body with no type at all
     ],
-    ids=["other-origin", "cross-site", "text-plain", "form", "multipart"],
+    ids=["other-origin", "cross-site", "text-plain", "form", "multipart", "untyped-body"],
 )
 async def test_a_cross_site_write_is_refused(
     http: httpx.AsyncClient, headers: dict[str, str], content: str, status: int
