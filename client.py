@@ -37,8 +37,8 @@ from reliability.cancellation import cancel_command
 from reliability.recovery import print_latest_recorded_answer, reattach_point_exists, settle_with_record
 from reliability.run_tracker import read_run
 from support.cli import build_parser, messages_to_send, validate_arguments
-from support.config import Settings, load_settings
 from support.console import EXIT_OK, EXIT_RUN_FAILED, announce, run_entry_point, setup_logging
+from support.environment import Settings, check_environment
 from support.printer import ChunkPrinter
 from support.scheduler import connect_client
 from support.services import Services, provide_services
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
         validate_arguments(args)  # bad usage fails here, before anything connects
         with ExitStack() as stack:
-            settings = load_settings()
+            settings = check_environment()
             services = provide_services(settings, stack, role="client")  # finds what worker.py started
             if args.cancel:  # a Stop, not a disconnect: the worker ends the run (reliability/cancellation.py)
                 return asyncio.run(cancel_command(settings, services, conversation.session_key))

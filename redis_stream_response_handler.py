@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from support.redis_quirks import raise_if_cancel_was_swallowed
+from support.redis_quirks import raise_if_cancel_was_swallowed, socket_timeout_outlasting
 from support.validation import validate_cursor, validate_session_key
 
 logger = logging.getLogger(__name__)
@@ -136,9 +136,9 @@ class RedisStreamResponseHandler:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStreamResponseHandler:
-        # decode_responses: fields come back as str. No socket_timeout, so a long XREAD BLOCK is not
-        # cut short by the client itself; the connect timeout still catches an unreachable server.
-        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+        # Fields as str; a socket timeout that outlasts XREAD BLOCK (redis-py 8.1's 5 s default cut it short).
+        timeout = socket_timeout_outlasting(options.get("idle_timeout_seconds", 20.0))
+        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=timeout)
         return cls(client, **options)
 
     async def __aenter__(self) -> RedisStreamResponseHandler:

@@ -20,8 +20,8 @@ from agent_framework_durabletask import run_agent_coroutine
 from client import Conversation, resume_hint, run_client
 from reliability.crash_demo import run_crash_demo
 from support.cli import build_parser, validate_arguments
-from support.config import load_settings
 from support.console import run_entry_point, setup_logging
+from support.environment import check_environment
 from support.services import provide_services
 from support.sessions import new_session_key
 from worker import get_worker, setup_worker
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         setup_logging()
         validate_arguments(args)  # bad usage: one line and exit 2, before anything starts
-        settings = load_settings()
+        settings = check_environment()
         with ExitStack() as stack:  # stops, in reverse order, everything started below
             # 1. Services: the scheduler and Redis you configured, or embedded ones (each announced).
             services = provide_services(settings, stack, role="sample")

@@ -22,8 +22,9 @@ import socket
 import sys
 from contextlib import ExitStack
 
-from support.config import Settings, load_settings
+from support.config import Settings
 from support.console import EXIT_OK, EXIT_USAGE, announce, fail, run_entry_point, setup_logging
+from support.environment import check_environment
 from support.ports import port_answers
 from support.redelivering_scheduler import LOOPBACK
 from support.services import embedded_scheduler, start_shared_redis, wait_for_shutdown_signal
@@ -48,7 +49,7 @@ def parse_arguments(argv: list[str] | None, default_port: int) -> argparse.Names
 def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         setup_logging()  # re-deliveries are logged as warnings
-        settings = load_settings()
+        settings = check_environment()  # every variable, before anything starts
         return serve(parse_arguments(argv, settings.local_scheduler_port), settings)
 
     return run_entry_point(run)

@@ -36,8 +36,8 @@ from redis_stream_response_handler import RedisStreamResponseHandler
 from reliability.cancellation import CancelWatcher, cancel_reason
 from reliability.reporting_agent import ReportingAgent, is_run_started, remember_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
-from support.config import Settings, load_settings
 from support.console import EXIT_OK, announce, run_entry_point, setup_logging
+from support.environment import Settings, check_environment
 from support.scheduler import scheduler_connection
 from support.services import Services, provide_services, wait_for_shutdown_signal
 
@@ -126,7 +126,7 @@ def setup_worker(
 def main() -> int:
     setup_logging()
     with ExitStack() as stack:
-        settings = load_settings()
+        settings = check_environment()
         services = provide_services(settings, stack, role="worker")  # found, or started and announced
         worker = get_worker(settings, services)
         callback = setup_worker(worker, settings, services)

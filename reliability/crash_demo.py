@@ -29,8 +29,8 @@ import redis
 
 from redis_stream_response_handler import MARKERS_THAT_END_A_RUN, START, TOKEN, stream_key
 from reliability.durable_record import recorded_state
-from support.config import load_settings
 from support.console import EXIT_OK, EXIT_RUN_FAILED, announce, fail, setup_logging
+from support.environment import check_environment
 from support.errors import UsageError
 from support.private_redis import dying_with_this_process
 from support.scheduler import connect_client
@@ -52,7 +52,7 @@ def run_crash_demo(args: argparse.Namespace) -> int:
         raise UsageError("--crash-demo runs its own session and takes only -m")
     message = check_message(args.message) if args.message is not None else DEFAULT_MESSAGE
     setup_logging()  # the embedded scheduler logs each re-delivery as a warning
-    settings = load_settings()
+    settings = check_environment()  # every variable, before anything starts
     with ExitStack() as stack:
         services = provide_services(settings, stack, role="sample")
         env = {**os.environ, "ENDPOINT": services.scheduler_endpoint, "REDIS_CONNECTION_STRING": services.redis_url}

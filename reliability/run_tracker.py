@@ -31,6 +31,7 @@ from redis_stream_response_handler import (
     StreamChunk,
     StreamIdleTimeoutError,
 )
+from reliability.resume_point import ResumePoint, resume_point
 
 # Entries numbered by the run's one sequence counter: a reader drops repeats and counts gaps among them.
 NUMBERED_KINDS = (TOKEN, TOOL_CALL, TOOL_RESULT)
@@ -46,7 +47,7 @@ async def read_run(
     but prove the worker alive. When nothing arrives for the idle timeout, the read ends with an
     error chunk instead of hanging, whether or not any data arrived before.
     """
-    run = RunTracker(correlation_id)
+    run = RunTracker(correlation_id, await resume_point(handler, session_key, cursor))
     last_entry_id = cursor or START_OF_STREAM
     try:
         async for chunk in handler.read_entries(session_key, cursor):
@@ -80,8 +81,9 @@ class RunTracker:
       durable record instead.
     """
 
-    def __init__(self, correlation_id: str | None) -> None:
+    def __init__(self, correlation_id: str | None, resumed_at: ResumePoint | None = None) -> None:
         self.correlation_id = correlation_id
+        self.resumed_at = resumed_at or ResumePoint()
         self.next_sequence = 0
         self.seen_any = False
         self.attempt: str | None = None  # id of the attempt being read; None until its start marker
@@ -92,22 +94,32 @@ class RunTracker:
             self.correlation_id = chunk.correlation_id  # follow the first run after the cursor
         if chunk.correlation_id != self.correlation_id or chunk.kind == HEARTBEAT:
             return None
+        if not self.seen_any:
+            self._position_after_cursor()
         if chunk.kind in (START, RESTART):
             restarted = self._begin_attempt(chunk)
             if restarted is None:
                 return None
             chunk = restarted
         elif chunk.kind in NUMBERED_KINDS:
-            if self.seen_any and chunk.sequence < self.next_sequence:
+            if chunk.sequence < self.next_sequence:
                 return None
-            if self.seen_any:
-                self.missing += chunk.sequence - self.next_sequence
+            # Any jump is a gap, the first token included: without the run's start (a cursor that
+            # was trimmed, or a stream that lost its head) a first token above 0 is a leading gap.
+            self.missing += chunk.sequence - self.next_sequence
             self.next_sequence = chunk.sequence + 1
         elif chunk.kind == DONE:
-            self.missing += max(0, (chunk.chunks or 0) - self.next_sequence) if self.seen_any else 0
+            self.missing += max(0, (chunk.chunks or 0) - self.next_sequence)
             chunk = replace(chunk, missing=self.missing)
         self.seen_any = True
         return chunk
+
+    def _position_after_cursor(self) -> None:
+        """Before the followed run's first entry: expect where the cursor left that run, else its start."""
+        expected = self.resumed_at.expected_sequence(self.correlation_id)
+        if expected is not None:
+            self.next_sequence = expected
+            self.attempt = self.resumed_at.attempt or ""  # inside an attempt: another start is a restart
 
     def _begin_attempt(self, chunk: StreamChunk) -> StreamChunk | None:
         if chunk.attempt is not None and chunk.attempt == self.attempt:

@@ -7,17 +7,18 @@ the full list of variables, with their defaults.
 Try it:
 
     REDIS_STREAM_TTL_MINUTES=0 uv run sample.py
-    # error: REDIS_STREAM_TTL_MINUTES must be a whole number of minutes >= 1 (got '0') ...
+    # error: REDIS_STREAM_TTL_MINUTES must be a whole number of minutes >= 1 and at most 525600 (got '0') ...
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from dotenv import load_dotenv
 
@@ -25,8 +26,19 @@ from support.errors import UsageError
 
 DEFAULT_TASKHUB = "default"
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
-# "scheme://user:password@host" -> keep "scheme://user:", hide the password.
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_WEB_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
+MAX_WEB_STREAMS = 5_000  # each open stream holds a Redis connection and two file descriptors
+# What may follow the '@' that ends a URL's user:password part: a host[:port], then the path or the end.
+_AFTER_USERINFO = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=\[\]:-]*(?:[/?#]|\Z)")
+# Query parameters that carry secrets (?password=..., ?token=..., ?api_key=...): their values are hidden.
+_SECRET_PARAMETER = re.compile(
+    r"([?&;][^=&;#]*(?:pass|pwd|secret|token|key|credential|auth|sig)[^=&;#]*=)[^&;#]*", re.I
+)
+_ASCII_WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
+_ASCII_DECIMAL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?|\.[0-9]{1,9}")
+_TASKHUB = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")  # a DNS name or an IPv4 address
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,9 @@ class Settings:
     max_silence_seconds: float
     local_scheduler_port: int
     local_redis_port: int
+    log_level: str = "WARNING"
+    web_max_streams: int = 200
+    web_allowed_hosts: tuple[str, ...] = DEFAULT_WEB_ALLOWED_HOSTS
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -63,23 +78,50 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     ca_file = _optional(environ, "REDIS_TLS_CA_FILE")
     if ca_file is not None:
         redis_url = _with_tls_ca_file(redis_url, ca_file)
+    idle_timeout_seconds = _seconds(environ, "STREAM_IDLE_TIMEOUT_SECONDS", 20.0)
+    if redis_url is not None:
+        _check_read_timeout(redis_url, idle_timeout_seconds)
     return Settings(
         endpoint=endpoint,
-        taskhub=_optional(environ, "TASKHUB") or DEFAULT_TASKHUB,
+        taskhub=_taskhub(environ),
         redis_url=redis_url,
-        stream_ttl_seconds=60 * _whole_number(environ, "REDIS_STREAM_TTL_MINUTES", 10, minimum=1, unit="minutes"),
-        stream_max_length=_whole_number(environ, "REDIS_STREAM_MAX_LENGTH", 10_000, minimum=100, unit="entries"),
-        idle_timeout_seconds=_seconds(environ, "STREAM_IDLE_TIMEOUT_SECONDS", 20.0),
+        # Upper bounds: a year of TTL, ten million entries; a larger value fails every write at run time.
+        stream_ttl_seconds=60 * _whole_number(environ, "REDIS_STREAM_TTL_MINUTES", 10, 1, 525_600, "minutes"),
+        stream_max_length=_whole_number(environ, "REDIS_STREAM_MAX_LENGTH", 10_000, 100, 10_000_000, "entries"),
+        idle_timeout_seconds=idle_timeout_seconds,
         heartbeat_seconds=_seconds(environ, "STREAM_HEARTBEAT_SECONDS", 2.0),
         max_silence_seconds=_seconds(environ, "STREAM_MAX_SILENCE_SECONDS", 300.0),
         local_scheduler_port=_port(environ, "LOCAL_SCHEDULER_PORT", 8080),
         local_redis_port=_port(environ, "LOCAL_REDIS_PORT", 6379),
+        log_level=_log_level(environ),
+        web_max_streams=_whole_number(environ, "WEB_MAX_STREAMS", 200, 1, MAX_WEB_STREAMS, "streams"),
+        web_allowed_hosts=_allowed_hosts(environ),
     )
 
 
 def redact_url(url: str) -> str:
-    """Return `url` with any password replaced by `***`, safe to print or log."""
-    return _URL_PASSWORD.sub(r"\1***@", url)
+    """`url` with its password, and the values of secret query parameters, replaced by `***`.
+
+    The ONE routine for every URL the sample prints, including URLs it cannot parse: the user
+    name stays, everything between its ':' and the '@' before the host goes, even a password with
+    an unencoded '/', '@', '?' or '#' in it (`rediss://user:se/cret@host:6380`).
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    at = _end_of_userinfo(rest)
+    if at is not None:
+        user, colon, _ = rest[:at].partition(":")
+        rest = (f"{user}:***" if colon else "***") + rest[at:]
+    return scheme + separator + _SECRET_PARAMETER.sub(r"\1***", rest)
+
+
+def _end_of_userinfo(rest: str) -> int | None:
+    """Where the '@' that ends `user:password` is in `rest` (a URL after its `scheme://`), if anywhere."""
+    for at in reversed([index for index, char in enumerate(rest) if char == "@"]):
+        if _AFTER_USERINFO.match(rest, at + 1):
+            return at
+    return None
 
 
 def _optional(environ: Mapping[str, str], name: str) -> str | None:
@@ -87,30 +129,37 @@ def _optional(environ: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _whole_number(environ: Mapping[str, str], name: str, default: int, *, minimum: int, unit: str) -> int:
+def _in_range(raw: str, minimum: int, maximum: int) -> int | None:
+    """`raw` as an int within [minimum, maximum], or None: ASCII digits only ('²' and '١' are digits to Python)."""
+    if not _ASCII_WHOLE_NUMBER.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if minimum <= value <= maximum else None
+
+
+def _whole_number(environ: Mapping[str, str], name: str, default: int, minimum: int, maximum: int, unit: str) -> int:
     raw = _optional(environ, name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
+    value = _in_range(raw, minimum, maximum)
+    if value is None:
         # A TTL of 0 would make EXPIRE delete the stream at once (a silent loss of every answer).
-        raise UsageError(f"{name} must be a whole number of {unit} >= {minimum} (got {raw!r}); fix it or unset it")
+        raise UsageError(
+            f"{name} must be a whole number of {unit} >= {minimum} and at most {maximum} (got {raw!r}); "
+            "fix it or unset it"
+        )
     return value
 
 
-def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+def _seconds(environ: Mapping[str, str], name: str, default: float, maximum: float = 86_400) -> float:
     raw = _optional(environ, name)
     if raw is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < 86_400:
-        raise UsageError(f"{name} must be a number of seconds > 0 (got {raw!r}); fix it or unset it")
+    value = float(raw) if _ASCII_DECIMAL.fullmatch(raw) else 0.0
+    if not 0 < value <= maximum:
+        raise UsageError(
+            f"{name} must be a number of seconds > 0 and at most {maximum:g} (got {raw!r}); fix it or unset it"
+        )
     return value
 
 
@@ -118,31 +167,92 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
     raw = _optional(environ, name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 65_535:
+    value = _in_range(raw, 1, 65_535)
+    if value is None:
         raise UsageError(f"{name} must be a TCP port from 1 to 65535 (got {raw!r}); fix it or unset it")
-    return int(raw)
+    return value
+
+
+def _taskhub(environ: Mapping[str, str]) -> str:
+    raw = _optional(environ, "TASKHUB")
+    if raw is None:
+        return DEFAULT_TASKHUB
+    if not _TASKHUB.fullmatch(raw):  # it travels as gRPC metadata: printable ASCII only
+        raise UsageError(
+            f"TASKHUB must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (got {raw!r})"
+        )
+    return raw
+
+
+def _log_level(environ: Mapping[str, str]) -> str:
+    raw = _optional(environ, "LOG_LEVEL")
+    if raw is None:
+        return "WARNING"
+    if raw.upper() not in LOG_LEVELS:
+        raise UsageError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)} (got {raw!r}); fix it or unset it")
+    return raw.upper()
+
+
+def _allowed_hosts(environ: Mapping[str, str]) -> tuple[str, ...]:
+    raw = _optional(environ, "WEB_ALLOWED_HOSTS")
+    if raw is None:
+        return DEFAULT_WEB_ALLOWED_HOSTS
+    hosts = tuple(host.strip().lower().strip("[]") for host in raw.split(",") if host.strip())
+    if not hosts or not all(_HOST_NAME.fullmatch(host) or _is_ip_address(host) for host in hosts):
+        raise UsageError(
+            "WEB_ALLOWED_HOSTS must be a comma-separated list of host names or IP addresses, without ports "
+            f"(got {raw!r}); fix it or unset it to allow only localhost"
+        )
+    return hosts
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _url_parts(url: str, name: str, accepted: str) -> SplitResult:
+    """`url` split, or a UsageError naming `name` for what urllib cannot even parse (`http://[::1`, a bad port)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        raise UsageError(
+            f"{name} has an invalid port or host (got {redact_url(url)!r}); it must be {accepted}, and special "
+            "characters in a password (/ @ : ? #) must be percent-encoded"
+        ) from None
+    return parts
 
 
 def _check_endpoint(endpoint: str) -> None:
-    parts = urlsplit(endpoint)
+    accepted = "an http:// (local emulator) or https:// (Azure) URL"
+    parts = _url_parts(endpoint, "ENDPOINT", accepted)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(
-            f"ENDPOINT must be an http:// (local emulator) or https:// (Azure) URL (got {endpoint!r}); "
-            "unset it to use the embedded scheduler"
+            f"ENDPOINT must be {accepted} (got {redact_url(endpoint)!r}); unset it to use the embedded scheduler"
         )
 
 
 def _check_redis_url(url: str) -> None:
-    parts = urlsplit(url)
+    accepted = "a redis://, rediss:// or unix:// URL"
+    parts = _url_parts(url, "REDIS_CONNECTION_STRING", accepted)
     if parts.scheme not in REDIS_URL_SCHEMES or (parts.scheme != "unix" and not parts.hostname):
         raise UsageError(
-            f"REDIS_CONNECTION_STRING must be a redis://, rediss:// or unix:// URL (got {redact_url(url)!r}); "
-            "unset it to use a local Redis"
+            f"REDIS_CONNECTION_STRING must be {accepted} (got {redact_url(url)!r}); unset it to use a local Redis"
         )
-    try:
-        _ = parts.port
-    except ValueError:
-        raise UsageError(f"REDIS_CONNECTION_STRING has an invalid port (got {redact_url(url)!r})") from None
+
+
+def _check_read_timeout(redis_url: str, idle_timeout_seconds: float) -> None:
+    """A `socket_timeout` in the URL wins over the reader's own; shorter than a read's block, every idle read fails."""
+    for name, value in parse_qsl(urlsplit(redis_url).query):
+        if name == "socket_timeout" and not (_ASCII_DECIMAL.fullmatch(value) and float(value) > idle_timeout_seconds):
+            raise UsageError(
+                f"REDIS_CONNECTION_STRING sets socket_timeout={value}, which must be a number of seconds above "
+                f"STREAM_IDLE_TIMEOUT_SECONDS ({idle_timeout_seconds:g}): readers block that long; remove it"
+            )
 
 
 def _with_tls_ca_file(redis_url: str | None, ca_file: str) -> str:

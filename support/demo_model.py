@@ -345,29 +345,41 @@ class DemoChatClient(
 
 
 def demo_model_from_env(environ: Mapping[str, str]) -> DemoChatClient:
-    """Build the demo model from DEMO_MODEL_TOKEN_DELAY_MS / DEMO_MODEL_FAIL_AFTER_TOKENS.
+    """Build the demo model from the DEMO_MODEL_* variables (see `demo_model_options`)."""
+    return DemoChatClient(**demo_model_options(environ))
+
+
+def demo_model_options(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The demo model's settings from DEMO_MODEL_*, checked without building (or announcing) the model.
 
     Unset or empty variables keep the defaults (20 ms, never fail); a bad value
     raises `UsageError` with one line naming the variable and what it accepts.
     """
-    delay_ms = _whole_number(environ, TOKEN_DELAY_ENV, "a whole number of milliseconds")
-    fail_after = _whole_number(environ, FAIL_AFTER_TOKENS_ENV, "a whole number of tokens")
-    first_token_ms = _whole_number(environ, FIRST_TOKEN_DELAY_ENV, "a whole number of milliseconds") or 0
-    stream_only = environ.get(STREAM_ONLY_FAILURE_ENV, "").strip().lower() in ("1", "true", "yes")
-    delay_seconds = DEFAULT_TOKEN_DELAY_SECONDS if delay_ms is None else delay_ms / 1000
-    return DemoChatClient(
-        token_delay_seconds=delay_seconds,
-        fail_after_tokens=fail_after,
-        fail_stream_only=stream_only,
-        first_token_delay_seconds=first_token_ms / 1000,
-    )
+    delay_ms = _whole_number(environ, TOKEN_DELAY_ENV, "a whole number of milliseconds", 60_000)
+    fail_after = _whole_number(environ, FAIL_AFTER_TOKENS_ENV, "a whole number of tokens", 1_000_000)
+    first_token_ms = _whole_number(environ, FIRST_TOKEN_DELAY_ENV, "a whole number of milliseconds", 600_000) or 0
+    return {
+        "token_delay_seconds": DEFAULT_TOKEN_DELAY_SECONDS if delay_ms is None else delay_ms / 1000,
+        "fail_after_tokens": fail_after,
+        "fail_stream_only": _on_or_off(environ, STREAM_ONLY_FAILURE_ENV),
+        "first_token_delay_seconds": first_token_ms / 1000,
+    }
 
 
-def _whole_number(environ: Mapping[str, str], name: str, accepted: str) -> int | None:
+def _whole_number(environ: Mapping[str, str], name: str, accepted: str, maximum: int) -> int | None:
     raw = environ.get(name, "").strip()
     if not raw:
         return None
     # ASCII only: '²' passes isdigit() yet int() rejects it.
-    if not (raw.isascii() and raw.isdigit()):
-        raise UsageError(f"{name} must be {accepted} >= 0 (got {raw!r}); fix it or unset it")
+    if not (raw.isascii() and raw.isdigit() and int(raw) <= maximum):
+        raise UsageError(f"{name} must be {accepted} >= 0 and at most {maximum} (got {raw!r}); fix it or unset it")
     return int(raw)
+
+
+def _on_or_off(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise UsageError(f"{name} must be 1 (on) or 0 (off) (got {environ[name]!r}); fix it or unset it")

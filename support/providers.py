@@ -30,6 +30,7 @@ Try it:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
@@ -39,12 +40,13 @@ from azure.core.credentials_async import AsyncTokenCredential
 
 from support.config import redact_url
 from support.console import announce_once
-from support.demo_model import demo_model_from_env
+from support.demo_model import demo_model_from_env, demo_model_options
 from support.errors import UsageError
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local OpenAI-compatible servers ignore the key, but the OpenAI SDK refuses to start without one.
 PLACEHOLDER_API_KEY = "not-needed"
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]{1,4096}")
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,23 @@ def create_chat_client(environ: Mapping[str, str] = os.environ) -> SupportsChatG
     return client
 
 
+def check_model_settings(environ: Mapping[str, str]) -> None:
+    """Check every model variable (providers and DEMO_MODEL_*) without building a client or announcing one.
+
+    Each set variable is checked even when it does not take effect (a lone OPENAI_BASE_URL, the demo
+    model's knobs beside a real provider): a bad value is an error, never silently ignored.
+    """
+    select_provider(environ)
+    for setting in (FOUNDRY_ENDPOINT, AZURE_OPENAI_ENDPOINT, OPENAI_BASE_URL, COMPATIBLE_BASE_URL):
+        if url := setting.read(environ):
+            _checked_url(url, setting)
+    for setting in (AZURE_OPENAI_KEY, OPENAI_KEY, COMPATIBLE_KEY, AZURE_OPENAI_API_VERSION):
+        value = setting.read(environ)
+        if value is not None and not _HEADER_SAFE.fullmatch(value):  # it travels in an HTTP header or query
+            raise UsageError(f"{setting.names[0]} must be printable ASCII without spaces (its value is not shown)")
+    demo_model_options(environ)
+
+
 def _half_configured_message(spec: ProviderSpec, present: list[str], missing: list[Setting]) -> str:
     needed = " and ".join(setting.describe() for setting in missing)
     plural = "s" if len(missing) > 1 else ""
@@ -264,7 +283,11 @@ def _half_configured_message(spec: ProviderSpec, present: list[str], missing: li
 
 def _checked_url(url: str, setting: Setting) -> str:
     """The URL as it may be printed: no password, no query string (some carry keys)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises for a port that is not a number from 0 to 65535
+    except ValueError:
+        parts = urlsplit("")  # an unparsable URL (`http://[::1`) is reported like any other bad one
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"{setting.names[0]} must be an http:// or https:// URL (got {redact_url(url)!r})")
     return redact_url(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))

@@ -71,16 +71,17 @@ def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> tupl
         host, port = _host_port(settings.endpoint, default_port=443)
         if not port_answers(host, port):
             raise UsageError(
-                f"nothing answers at ENDPOINT={settings.endpoint}; start the scheduler there "
+                f"nothing answers at ENDPOINT={redact_url(settings.endpoint)}; start the scheduler there "
                 "or unset ENDPOINT to use the embedded one"
             )
         if problem := scheduler_problem(settings.endpoint, settings.taskhub):
             raise UsageError(
-                f"ENDPOINT={settings.endpoint} answers, but not as a Durable Task scheduler ({problem}); "
+                f"ENDPOINT={redact_url(settings.endpoint)} answers, but not as a Durable Task scheduler ({problem}); "
                 "point it at the emulator or an Azure scheduler, or unset ENDPOINT to use the embedded one"
             )
         announce(
-            "scheduler", f"using the Durable Task Scheduler at {settings.endpoint} (task hub {settings.taskhub!r})"
+            "scheduler",
+            f"using the Durable Task Scheduler at {redact_url(settings.endpoint)} (task hub {settings.taskhub!r})",
         )
         return settings.endpoint, False
     local_port = settings.local_scheduler_port

@@ -14,13 +14,16 @@ MAX_MESSAGE_CHARACTERS = 32_000  # a travel request, not a document; keeps entit
 EMPTY_MESSAGE = "the message is empty"
 NOT_UTF8_MESSAGE = "the message is not valid UTF-8 text"
 
-_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# fullmatch and [0-9], never `$` and `\d`: `$` also matches before a trailing newline, and `\d` matches
+# any Unicode digit ('١'). Each part of an entry id is an unsigned 64-bit number in Redis.
+_ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+MAX_ENTRY_ID_PART = 2**64 - 1
 # Session keys become part of a Redis key; keep them to a boring, safe alphabet.
-_SESSION_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_SESSION_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 def validate_session_key(session_key: str) -> str:
-    if not _SESSION_KEY.match(session_key):
+    if not _SESSION_KEY.fullmatch(session_key):
         raise UsageError(
             f"session key must be 1-128 characters of letters, digits, '_', '-', '.' or ':' (got {session_key!r})"
         )
@@ -29,8 +32,12 @@ def validate_session_key(session_key: str) -> str:
 
 def validate_cursor(cursor: str) -> str:
     """Reject anything that is not a stream entry id, before it reaches Redis."""
-    if not _ENTRY_ID.match(cursor):
-        raise UsageError(f"cursor must be a Redis stream entry id such as 1734649123456-0 (got {cursor!r})")
+    match = _ENTRY_ID.fullmatch(cursor)
+    if match is None or any(int(part) > MAX_ENTRY_ID_PART for part in match.groups()):
+        raise UsageError(
+            f"cursor must be a Redis stream entry id such as 1734649123456-0, each part at most {MAX_ENTRY_ID_PART} "
+            f"(got {cursor!r})"
+        )
     return cursor
 
 

@@ -58,7 +58,7 @@ RETRY_MILLISECONDS = 1000  # for a browser EventSource on the resume route: how 
 # A run's record (its cursor and correlation id) must outlive its stream, whose TTL counts from the
 # stream's LAST write: keep the record that long after the run STARTED, plus an hour for the run itself.
 RUN_RECORD_EXTRA_SECONDS = 3600
-_RUN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # fullmatch: `$` would accept a trailing newline
 # Workaround (agent-framework-ag-ui 1.7.0): its client (AGUIHttpService.post_run) leaves out these required
 # RunAgentInput fields; its own server accepts that, and so do we: (field name, JSON name, value when absent).
 _OFTEN_OMITTED = (("tools", "tools", []), ("context", "context", []), ("forwarded_props", "forwardedProps", {}))
@@ -155,7 +155,7 @@ def _checked_thread_id(thread_id: str) -> str:
 
 
 def _checked_run_id(run_id: str) -> str:
-    if not _RUN_ID.match(run_id):
+    if not _RUN_ID.fullmatch(run_id):
         raise RejectedError(f"runId must be 1-128 letters, digits, '_', '-', '.' or ':' (got {run_id!r})")
     return run_id
 

@@ -47,16 +47,18 @@ from ag_ui.encoder import EventEncoder
 from pydantic import ValidationError
 
 from redis_stream_response_handler import CANCELLED, DONE, ERROR, RESTART, TOKEN, TOOL_CALL, TOOL_RESULT, StreamChunk
+from support.validation import MAX_ENTRY_ID_PART
 
 RESTART_EVENT = "durable-agent.restart"
-_EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})\.(\d{1,9})$")
+# fullmatch and [0-9]: `$` accepts a trailing newline and `\d` any Unicode digit (support/validation.py).
+_EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})\.([0-9]{1,9})")
 _ENCODER = EventEncoder()
 
 
 def event_id_order(event_id: str) -> tuple[int, int, int]:
     """An SSE id this mapping made, as a sortable triple; ValueError for anything else."""
-    match = _EVENT_ID.match(event_id)
-    if match is None:
+    match = _EVENT_ID.fullmatch(event_id)
+    if match is None or max(int(match[1]), int(match[2])) > MAX_ENTRY_ID_PART:
         example = "1734649123456-0.1"
         raise ValueError(f"Last-Event-ID must be an event id this endpoint sent, such as {example} (got {event_id!r})")
     return int(match[1]), int(match[2]), int(match[3])

@@ -16,8 +16,8 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from support.config import load_settings
 from support.console import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, fail, run_entry_point, setup_logging
+from support.environment import check_environment
 from webapp.app import create_app
 
 
@@ -43,7 +43,7 @@ def serve(argv: list[str] | None) -> int:
     setup_logging()
     if not 1 <= args.port <= 65_535:
         return fail(f"--port must be a TCP port from 1 to 65535 (got {args.port})", EXIT_USAGE)
-    load_settings()  # a bad variable fails here, before anything starts (the lifespan reads them again)
+    check_environment()  # a bad variable fails here, before anything starts (the lifespan reads them again)
     app = create_app()
     logging.getLogger("uvicorn.error").addFilter(_HideReportedStartupFailure(app))
     server = _Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_config=None, access_log=False))

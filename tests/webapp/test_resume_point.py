@@ -20,6 +20,7 @@ from support.services import Services
 from support.sessions import new_session_key
 from tests.streams import write_entries
 from webapp.app import create_app
+from webapp.stream_budget import StreamBudget
 
 STREAM = "/agents/TravelPlanner/stream"
 
@@ -38,7 +39,8 @@ async def stream(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, str, 
         ids = await write_entries(handler, session, [entry_fields(START, "run-1", 0), *tokens])
         ids += await write_entries(handler, session, [entry_fields(DONE, "run-1", 4, chunks=4)])
         app.state.handler, app.state.active_streams = handler, 0  # what the lifespan would set up
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as http:
+        app.state.readers, app.state.stream_budget = handler, StreamBudget(10)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as http:
             yield http, session, ids
 
 

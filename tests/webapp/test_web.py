@@ -68,9 +68,9 @@ def demo_worker(**model_env: str) -> WorkerSetup:
 
 
 @contextmanager
-def serve(redis_url: str, worker_setup: WorkerSetup) -> Iterator[Server]:
+def serve(redis_url: str, worker_setup: WorkerSetup, **settings: str) -> Iterator[Server]:
     """web.py's app in uvicorn on a free port, with a fresh embedded scheduler (nothing answers on its local port)."""
-    environ = {"REDIS_CONNECTION_STRING": redis_url, "LOCAL_SCHEDULER_PORT": str(free_port())}
+    environ = {"REDIS_CONNECTION_STRING": redis_url, "LOCAL_SCHEDULER_PORT": str(free_port()), **settings}
     app = create_app(environ, worker_setup)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -171,7 +171,7 @@ async def test_events_follow_the_sse_framing(web: Server, http: httpx.AsyncClien
     assert [e.event for e in events] == ["restart", "message", "message", "message", "message", "done"]
     assert [e.id for e in events] == ids[1:]  # the start marker is skipped; ids are the Redis entry ids
     assert [e.data for e in events[1:5]] == texts  # the client rebuilds the exact text, newlines included
-    assert json.loads(events[-1].data) == {"correlation_id": "run-1", "chunks": 4}
+    assert json.loads(events[-1].data) == {"correlation_id": "run-1", "chunks": 4, "missing": 0}
 
 
 async def test_resuming_with_last_event_id_gives_exactly_the_rest(web: Server, http: httpx.AsyncClient) -> None:
