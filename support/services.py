@@ -97,8 +97,8 @@ def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> tupl
         return f"http://localhost:{local_port}", False
     if role == "client":
         raise UsageError(
-            f"no scheduler answers on localhost:{local_port}: start `uv run scheduler_server.py` (or "
-            "`uv run worker.py`, which hosts one) in another terminal, or set ENDPOINT"
+            f"no scheduler answers on localhost:{local_port}: start `uv run worker.py` in another terminal "
+            "(it hosts one; `uv run scheduler_server.py` hosts one that outlives workers), or set ENDPOINT"
         )
     port = local_port if role == "worker" else free_port()
     stack.enter_context(embedded_scheduler(port))
@@ -124,8 +124,8 @@ def _provide_redis(settings: Settings, stack: ExitStack, role: Role) -> tuple[st
         return local_url, False
     if role == "client":
         raise UsageError(
-            f"no Redis answers on localhost:{settings.local_redis_port}: start `uv run scheduler_server.py` (or "
-            "`uv run worker.py`, which starts one) in another terminal, or set REDIS_CONNECTION_STRING"
+            f"no Redis answers on localhost:{settings.local_redis_port}: start `uv run worker.py` in another "
+            "terminal (it starts one; so does `uv run scheduler_server.py`), or set REDIS_CONNECTION_STRING"
         )
     port = settings.local_redis_port if role == "worker" else free_port()
     server = stack.enter_context(PrivateRedisServer(port))
