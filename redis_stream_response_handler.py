@@ -9,7 +9,7 @@ number of readers tail it, stop, and resume at any entry id (a cursor) with no g
 
 Each entry's fields (Redis stores strings):
 
-    kind            token | start | restart | heartbeat | done | error
+    kind            token | start | restart | heartbeat | done | error | queued (waiting for a worker slot)
     text            the token's text ("" for markers)
     sequence        position of the token within its run (markers: tokens so far)
     correlation_id  the run this entry belongs to (one per `run(...)` call)
@@ -31,10 +31,10 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from support.redis_connection import AsyncRedis, async_client
 from support.redis_quirks import raise_if_cancel_was_swallowed
 from support.validation import validate_cursor, validate_session_key
 
@@ -116,7 +116,7 @@ class RedisStreamResponseHandler:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: AsyncRedis,
         *,
         ttl_seconds: int = 600,
         max_length: int = 10_000,
@@ -129,7 +129,7 @@ class RedisStreamResponseHandler:
     def from_url(cls, url: str, **options: Any) -> RedisStreamResponseHandler:
         # decode_responses: fields come back as str. No socket_timeout, so a long XREAD BLOCK is not
         # cut short by the client itself; the connect timeout still catches an unreachable server.
-        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+        client = async_client(url, decode_responses=True, socket_connect_timeout=5)  # Redis or RedisCluster
         return cls(client, **options)
 
     async def __aenter__(self) -> RedisStreamResponseHandler:

@@ -22,8 +22,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from dotenv import load_dotenv
 
 from support.errors import UsageError
+from support.redis_connection import ENTRA_ID, parse_target, with_options
 
 DEFAULT_TASKHUB = "default"
+# Runs one worker process serves at once (one thread each). Sized for models that spend most of a
+# run waiting on the network; docs/benchmarks.md shows what one worker sustains.
+DEFAULT_WORKER_MAX_CONCURRENT_RUNS = 128
+MAX_WORKER_CONCURRENT_RUNS = 1024
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
 # "scheme://user:password@host" -> keep "scheme://user:", hide the password.
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
@@ -42,6 +47,7 @@ class Settings:
     heartbeat_seconds: float
     local_scheduler_port: int
     local_redis_port: int
+    worker_max_concurrent_runs: int = DEFAULT_WORKER_MAX_CONCURRENT_RUNS
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +68,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     ca_file = _optional(environ, "REDIS_TLS_CA_FILE")
     if ca_file is not None:
         redis_url = _with_tls_ca_file(redis_url, ca_file)
+    redis_url = _with_redis_options(environ, redis_url)
     return Settings(
         endpoint=endpoint,
         taskhub=_optional(environ, "TASKHUB") or DEFAULT_TASKHUB,
@@ -72,6 +79,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         heartbeat_seconds=_seconds(environ, "STREAM_HEARTBEAT_SECONDS", 2.0),
         local_scheduler_port=_port(environ, "LOCAL_SCHEDULER_PORT", 8080),
         local_redis_port=_port(environ, "LOCAL_REDIS_PORT", 6379),
+        worker_max_concurrent_runs=_run_slots(environ),
     )
 
 
@@ -119,6 +127,40 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 65_535:
         raise UsageError(f"{name} must be a TCP port from 1 to 65535 (got {raw!r}); fix it or unset it")
     return int(raw)
+
+
+def _run_slots(environ: Mapping[str, str]) -> int:
+    name = "WORKER_MAX_CONCURRENT_RUNS"
+    value = _whole_number(environ, name, DEFAULT_WORKER_MAX_CONCURRENT_RUNS, minimum=1, unit="runs")
+    if value > MAX_WORKER_CONCURRENT_RUNS:  # a thread each: past this, add worker processes instead
+        raise UsageError(
+            f"{name} must be at most {MAX_WORKER_CONCURRENT_RUNS} (got {value}); run more worker processes instead"
+        )
+    return value
+
+
+def _with_redis_options(environ: Mapping[str, str], redis_url: str | None) -> str | None:
+    """REDIS_CLUSTER and REDIS_AUTH, carried in the URL like the CA file (see support/redis_connection.py)."""
+    cluster = _choice(environ, "REDIS_CLUSTER", ("false", "true"))
+    auth = _choice(environ, "REDIS_AUTH", ("password", ENTRA_ID))
+    if redis_url is None:
+        if cluster == "true" or auth == ENTRA_ID:
+            raise UsageError("REDIS_CLUSTER and REDIS_AUTH apply to your own Redis: set REDIS_CONNECTION_STRING too")
+        return None
+    target = parse_target(redis_url)  # also checks the URL's own cluster= and auth=
+    wanted_cluster, wanted_entra_id = target.cluster or cluster == "true", target.entra_id or auth == ENTRA_ID
+    if (wanted_cluster, wanted_entra_id) == (target.cluster, target.entra_id):
+        return redis_url
+    url = with_options(redis_url, cluster=wanted_cluster, entra_id=wanted_entra_id)
+    parse_target(url)  # a password in the URL together with REDIS_AUTH=entra-id is refused here
+    return url
+
+
+def _choice(environ: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    value = (_optional(environ, name) or allowed[0]).lower()
+    if value not in allowed:
+        raise UsageError(f"{name} must be {' or '.join(allowed)} (got {value!r}); fix it or unset it")
+    return value
 
 
 def _check_endpoint(endpoint: str) -> None:
