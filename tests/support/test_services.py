@@ -12,7 +12,7 @@ from support.ports import port_answers
 STARTER = """
 import sys, time
 from support.private_redis import PrivateRedisServer
-from support.ports import free_port
+from support.services import free_port
 server = PrivateRedisServer(free_port()).__enter__()
 print(server.port, flush=True)
 time.sleep(60)
