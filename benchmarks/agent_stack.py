@@ -48,7 +48,7 @@ def agent_stack(redis_url: str, *, token_delay_ms: int, max_concurrent_runs: int
     services = Services(scheduler_endpoint=f"http://localhost:{port}", redis_url=redis_url)
     with ExitStack() as stack:
         stack.enter_context(embedded_scheduler(port))
-        worker = get_worker(settings, services, max_concurrent_runs=max_concurrent_runs)
+        worker = get_worker(replace(settings, worker_max_concurrent_runs=max_concurrent_runs), services)
         callback = setup_worker(
             worker, replace(settings), services, environ={"DEMO_MODEL_TOKEN_DELAY_MS": str(token_delay_ms)}
         )

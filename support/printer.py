@@ -10,6 +10,7 @@ import json
 import sys
 
 from redis_stream_response_handler import DONE, ERROR, RESTART, START, StreamChunk
+from reliability.run_tracker import QUEUED
 from support.console import announce
 
 
@@ -29,6 +30,10 @@ class ChunkPrinter:
 
     def print_chunk(self, chunk: StreamChunk) -> None:
         self._clear_indicator()
+        if chunk.kind == QUEUED:
+            announce(
+                "client", f"waiting for a free worker: every run slot of {chunk.worker} is busy; the run starts next"
+            )
         if chunk.kind == RESTART:
             self.answer = ""
             reason = f" ({chunk.error})" if chunk.error else ""
@@ -53,7 +58,7 @@ class ChunkPrinter:
             self._write("\n")
 
     def _flags(self, chunk: StreamChunk) -> dict[str, object]:
-        if chunk.kind in (START, RESTART):
+        if chunk.kind in (START, RESTART, QUEUED):
             return {chunk.kind: True}  # the answer (re)starts here: a cursor to replay it from
         if chunk.kind == DONE:
             return {"done": True}

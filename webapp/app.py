@@ -8,7 +8,7 @@ app's lifespan.
          -> 202 {"session": key, "correlation_id": id, "cursor": entry id taken BEFORE the run}
     GET  /agents/TravelPlanner/stream/{session}?cursor=...&correlation_id=...
          -> text/event-stream: one event per stream entry after the cursor;
-            `id` = the Redis entry id, `event` = message | restart | done | error
+            `id` = the Redis entry id, `event` = message | restart | done | error | queued
     GET  /agents/TravelPlanner/answer/{session}/{correlation_id}
          -> {"text": ...}: the answer the durable entity recorded (404 until it exists)
     GET  /                                             -> static/index.html
@@ -46,7 +46,7 @@ from starlette.staticfiles import StaticFiles
 from agents import AGENT_NAME
 from redis_stream_response_handler import DONE, ERROR, RESTART, START, RedisStreamResponseHandler, StreamChunk
 from reliability.durable_record import wait_for_recorded_answer
-from reliability.run_tracker import read_run
+from reliability.run_tracker import QUEUED, read_run
 from support.config import Settings, load_settings
 from support.errors import UsageError
 from support.scheduler import connect_client
@@ -215,6 +215,8 @@ def to_event(chunk: StreamChunk) -> ServerSentEvent | None:
         return ServerSentEvent(chunk.error or "the run failed", event="error", id=chunk.entry_id)
     if chunk.kind == RESTART:
         return ServerSentEvent("the answer restarted", event="restart", id=chunk.entry_id)
+    if chunk.kind == QUEUED:  # the run waits for a free worker slot
+        return ServerSentEvent("waiting for a free worker", event="queued", id=chunk.entry_id)
     return ServerSentEvent(chunk.text, event="message", id=chunk.entry_id)
 
 
