@@ -99,9 +99,9 @@ class QueuedRunReporter:
             self._waiting.pop(id(run), None)
 
     def _report_while_waiting(self) -> None:
-        # A thread of its own, alive only while runs wait: the agent's loop may be busy, and
-        # the Durable Task worker's loop is not ours to block.
-        handler = run_agent_coroutine(self._open())
+        # A thread of its own, alive only while runs wait: the agent's loop may be busy, and the
+        # Durable Task worker's loop is not ours to block. Redis is only opened if a run waits long.
+        handler: RedisStreamResponseHandler | None = None
         try:
             while True:
                 time.sleep(TICK_SECONDS)
@@ -111,9 +111,11 @@ class QueuedRunReporter:
                         return
                     notices = self._due_notices(time.monotonic())
                 if notices:
+                    handler = handler or run_agent_coroutine(self._open())
                     self._write(handler, notices)
         finally:
-            run_agent_coroutine(handler.aclose())
+            if handler is not None:
+                run_agent_coroutine(handler.aclose())
 
     async def _open(self) -> RedisStreamResponseHandler:
         # On the agent's event loop (run_agent_coroutine), like the callback's own client.
