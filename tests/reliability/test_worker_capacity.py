@@ -26,13 +26,13 @@ MESSAGE = "Plan a 2-day trip to Rome"
 
 
 @contextmanager
-def worker_on_scheduler(redis_url: str, settings: Settings, token_delay_ms: int) -> Iterator[Services]:
+def worker_on_scheduler(redis_url: str, settings: Settings, **model_env: str) -> Iterator[Services]:
     port = free_port()
     services = Services(scheduler_endpoint=f"http://localhost:{port}", redis_url=redis_url)
     with ExitStack() as stack:
         stack.enter_context(embedded_scheduler(port))
         worker = get_worker(settings, services)
-        setup_worker(worker, settings, services, environ={"DEMO_MODEL_TOKEN_DELAY_MS": str(token_delay_ms)})
+        setup_worker(worker, settings, services, environ=model_env)
         worker.start()
         stack.callback(worker.stop)
         yield services
@@ -56,7 +56,7 @@ async def test_a_run_waiting_for_a_free_slot_is_reported_queued_and_its_reader_w
     # One slot, runs of about 2.5 s, readers that give up after 1.5 s of silence: without
     # `queued` notices, the readers of the second and third runs time out.
     settings = replace(load_settings({}), worker_max_concurrent_runs=1, heartbeat_seconds=0.5)
-    with worker_on_scheduler(redis_url, settings, token_delay_ms=20) as services:
+    with worker_on_scheduler(redis_url, settings, DEMO_MODEL_TOKEN_DELAY_MS="20") as services:
         async with RedisStreamResponseHandler.from_url(redis_url, idle_timeout_seconds=1.5) as handler:
             reads = await start_and_read(services, handler, sessions=3)
 
@@ -67,10 +67,12 @@ async def test_a_run_waiting_for_a_free_slot_is_reported_queued_and_its_reader_w
 
 
 async def test_the_default_worker_runs_more_than_32_sessions_at_once(redis_url: str) -> None:
-    # The old fixed 32 threads ran the 33rd session only after one of the first 32 ended.
+    # The old fixed 32 threads ran the 33rd session only after one of the first 32 ended. Each run
+    # here thinks for 3 s before its first word: every run must have started before any finishes.
     settings = load_settings({})
     sessions = 40
-    with worker_on_scheduler(redis_url, settings, token_delay_ms=25) as services:
+    model = {"DEMO_MODEL_FIRST_TOKEN_DELAY_MS": "3000", "DEMO_MODEL_TOKEN_DELAY_MS": "2"}
+    with worker_on_scheduler(redis_url, settings, **model) as services:
         async with RedisStreamResponseHandler.from_url(redis_url, idle_timeout_seconds=20) as handler:
             reads = await start_and_read(services, handler, sessions=sessions)
 
