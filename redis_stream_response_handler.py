@@ -127,9 +127,9 @@ class RedisStreamResponseHandler:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStreamResponseHandler:
-        # decode_responses: fields come back as str. No socket_timeout, so a long XREAD BLOCK is not
-        # cut short by the client itself; the connect timeout still catches an unreachable server.
-        client = async_client(url, decode_responses=True, socket_connect_timeout=5)  # Redis or RedisCluster
+        # Redis or RedisCluster (support/redis_connection.py); fields come back as str. No socket timeout: a
+        # long XREAD BLOCK is not cut short by the client itself; the connect timeout catches a dead server.
+        client = async_client(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=None)
         return cls(client, **options)
 
     async def __aenter__(self) -> RedisStreamResponseHandler:
