@@ -37,6 +37,7 @@ from client import start_run
 from redis_stream_response_handler import RedisStreamResponseHandler
 from support.config import load_settings
 from support.ports import free_port, port_answers
+from support.redis_connection import async_client
 from support.scheduler import connect_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +113,9 @@ async def wave(deployed: Deployment, sessions: int, starter: ThreadPoolExecutor)
     """K sessions at once, each one turn: start it (off the loop, as client.py does) and read it to the end."""
     scheduler = connect_client(deployed.scheduler_endpoint, load_settings({}).taskhub)
     agent = DurableAIAgentClient(scheduler).get_agent(AGENT_NAME)
-    handler = RedisStreamResponseHandler.from_url(deployed.redis_url, idle_timeout_seconds=120)
+    # One reader per session, each holding a connection while it blocks: a pool big enough for all of them.
+    client = async_client(deployed.redis_url, decode_responses=True, socket_timeout=None, max_connections=sessions + 8)
+    handler = RedisStreamResponseHandler(client, idle_timeout_seconds=120)
     loop = asyncio.get_running_loop()
 
     async def turn(key: str) -> tuple[float | None, SessionRead]:
