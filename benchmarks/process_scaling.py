@@ -9,7 +9,8 @@ this process. For each K and N:
 - delivery: a token's timestamp (worker) → read here (p50/p99);
 - completed: runs whose every token arrived, in order, ending with `done`;
 - tokens/s: tokens read / wall time of the wave;
-- worker CPU µs/token: the workers' CPU time (/proc/<pid>/stat) over the wave / tokens.
+- worker CPU µs/token: the workers' CPU time (/proc/<pid>/stat) over the wave / tokens;
+- CPU busy: workers + scheduler + readers CPU time / (wall time × cores): near 100%, the machine is the limit.
 
     uv run python -m benchmarks --full     # runs this among the others
 """
@@ -50,10 +51,15 @@ class Deployment:
 
     scheduler_endpoint: str
     redis_url: str
+    scheduler: subprocess.Popen[bytes]
     workers: list[subprocess.Popen[bytes]]
 
     def worker_cpu_seconds(self) -> float:
         return sum(_cpu_seconds(worker.pid) for worker in self.workers)
+
+    def cpu_seconds(self) -> float:
+        """Workers, scheduler and this process (the readers): everything the benchmark runs but Redis."""
+        return self.worker_cpu_seconds() + _cpu_seconds(self.scheduler.pid) + time.process_time()
 
 
 @contextmanager
@@ -76,7 +82,7 @@ def deployment(redis_url: str, workers: int) -> Iterator[Deployment]:
             log = logs / f"worker{n}.log"
             started.append(_start(stack, [sys.executable, "worker.py"], worker_env, log))
             _wait_for(lambda log=log: "is ready" in log.read_text(), started[-1], log)
-        yield Deployment(f"http://localhost:{port}", redis_url, started)
+        yield Deployment(f"http://localhost:{port}", redis_url, scheduler, started)
 
 
 def _start(stack: ExitStack, command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -124,9 +130,10 @@ async def wave(deployed: Deployment, sessions: int, starter: ThreadPoolExecutor)
         seen = await read_session(handler, key, correlation_id)
         return (seen.first_token_at - asked if seen.first_token_at else None), seen
 
-    cpu_before, started = deployed.worker_cpu_seconds(), time.time()
+    cpu_before, all_cpu_before, started = deployed.worker_cpu_seconds(), deployed.cpu_seconds(), time.time()
     results = await asyncio.gather(*(turn(new_key(f"proc{sessions}")) for _ in range(sessions)))
     wall, cpu = time.time() - started, deployed.worker_cpu_seconds() - cpu_before
+    all_cpu = deployed.cpu_seconds() - all_cpu_before
     await handler.aclose()
     reads = [read for _, read in results]
     tokens = sum(len(read.sequences) for read in reads)
@@ -143,6 +150,8 @@ async def wave(deployed: Deployment, sessions: int, starter: ThreadPoolExecutor)
         "aggregate_tokens_per_s": round(tokens / wall),
         "wall_s": round(wall, 2),
         "worker_cpu_us_per_token": round(cpu / max(tokens, 1) * 1e6),
+        # Of the machine's cores over the wave, the share that workers, scheduler and readers used.
+        "cpu_busy_pct": round(all_cpu / (wall * (os.cpu_count() or 1)) * 100),
     }
 
 

@@ -80,6 +80,7 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("aggregate_tokens_per_s", "tokens/s"),
             ("wall_s", "wall s"),
             ("worker_cpu_us_per_token", "worker CPU µs/token"),
+            ("cpu_busy_pct", "CPU busy %"),
         ],
     ),
     "footprint": (

@@ -157,5 +157,5 @@ def explain_token_failure(name: str, error: Exception) -> str:
 
 
 if __name__ == "__main__":
-    client = sync_client(sys.argv[1] if len(sys.argv) > 1 else "redis://localhost:6379", socket_connect_timeout=2)
-    print("PONG" if client.ping() else "no answer", parse_target(sys.argv[1]).describe() if len(sys.argv) > 1 else "")
+    demo_url = sys.argv[1] if len(sys.argv) > 1 else "redis://localhost:6379"
+    print(sync_client(demo_url, socket_connect_timeout=2).ping(), parse_target(demo_url).describe() or "one node")
