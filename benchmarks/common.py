@@ -50,7 +50,7 @@ class Mode:
     cluster_sessions: tuple[int, ...]  # streaming layer on a local 3-master Redis Cluster (none: skipped)
 
 
-QUICK = Mode("quick", 40, 10, 3, 2_000, 100, 3, 5, 2, (1, 10), 50, (), (1, 10), (1,), ())
+QUICK = Mode("quick", 40, 10, 3, 2_000, 100, 3, 5, 2, (1, 10), 50, (), (10,), (1,), ())
 FULL = Mode(
     "full", 500, 25, 20, 10_000, 1_000, 3, 30, 10, (1, 10, 50, 100), 500, (1, 10, 50, 100),
     (1, 10, 50, 100, 200), (1, 2), (10, 100),
