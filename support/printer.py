@@ -31,9 +31,7 @@ class ChunkPrinter:
     def print_chunk(self, chunk: StreamChunk) -> None:
         self._clear_indicator()
         if chunk.kind == QUEUED:
-            announce(
-                "client", f"waiting for a free worker: every run slot of {chunk.worker} is busy; the run starts next"
-            )
+            announce("client", f"waiting for a free worker: every run slot of {chunk.worker} is busy")
         if chunk.kind == RESTART:
             self.answer = ""
             reason = f" ({chunk.error})" if chunk.error else ""
@@ -58,8 +56,10 @@ class ChunkPrinter:
             self._write("\n")
 
     def _flags(self, chunk: StreamChunk) -> dict[str, object]:
-        if chunk.kind in (START, RESTART, QUEUED):
+        if chunk.kind in (START, RESTART):
             return {chunk.kind: True}  # the answer (re)starts here: a cursor to replay it from
+        if chunk.kind == QUEUED:
+            return {"queued": True}  # the run waits for a free worker slot
         if chunk.kind == DONE:
             return {"done": True}
         return {"error": chunk.error} if chunk.kind == ERROR else {}
