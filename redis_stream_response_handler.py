@@ -9,7 +9,7 @@ number of readers tail it, stop, and resume at any entry id (a cursor) with no g
 
 Each entry's fields (Redis stores strings):
 
-    kind            token | tool_call | tool_result | start | restart | heartbeat | done | error | cancelled
+    kind            token | tool_call | tool_result | start | restart | heartbeat | queued | done | error | cancelled
     text            the token's text ("" for markers)
     sequence        position of the token (or tool entry) within its run (markers: how many so far)
     correlation_id  the run this entry belongs to (one per `run(...)` call)
@@ -33,10 +33,10 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from support.redis_connection import AsyncRedis, async_client
 from support.redis_quirks import raise_if_cancel_was_swallowed, socket_timeout_outlasting
 from support.validation import validate_cursor, validate_session_key
 
@@ -125,7 +125,7 @@ class RedisStreamResponseHandler:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: AsyncRedis,
         *,
         ttl_seconds: int = 600,
         max_length: int = 10_000,
@@ -136,9 +136,10 @@ class RedisStreamResponseHandler:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStreamResponseHandler:
-        # Fields as str; a socket timeout that outlasts XREAD BLOCK (redis-py 8.1's 5 s default cut it short).
+        # Redis or RedisCluster (support/redis_connection.py), fields as str; a socket timeout that outlasts
+        # XREAD BLOCK (redis-py 8.1's 5 s default cut it short).
         timeout = socket_timeout_outlasting(options.get("idle_timeout_seconds", 20.0))
-        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=timeout)
+        client = async_client(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=timeout)
         return cls(client, **options)
 
     async def __aenter__(self) -> RedisStreamResponseHandler:

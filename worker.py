@@ -29,12 +29,12 @@ from contextlib import ExitStack
 from agent_framework import AgentResponse, AgentResponseUpdate
 from agent_framework_durabletask import AgentCallbackContext, DurableAIAgentWorker, run_agent_coroutine
 from durabletask.azuremanaged.worker import DurableTaskSchedulerWorker
-from durabletask.worker import ConcurrencyOptions
 
 from agents import create_chat_client, create_travel_agent
 from redis_stream_response_handler import RedisStreamResponseHandler
 from reliability.cancellation import CancelWatcher, cancel_reason
 from reliability.reporting_agent import ReportingAgent, is_run_started, remember_run
+from reliability.worker_capacity import report_queued_runs, run_slots
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.console import EXIT_OK, announce, run_entry_point, setup_logging
 from support.environment import Settings, check_environment
@@ -103,13 +103,13 @@ class RedisStreamCallback:
         return writer
 
 
-def get_worker(settings: Settings, services: Services, *, max_concurrent_runs: int = 32) -> DurableTaskSchedulerWorker:
+def get_worker(settings: Settings, services: Services) -> DurableTaskSchedulerWorker:
     """A Durable Task worker connected to the scheduler: embedded, the emulator, or Azure."""
     connection = scheduler_connection(services.scheduler_endpoint, settings.taskhub)
-    # Each agent run holds a worker thread until it ends, so the thread pool bounds concurrent runs.
-    concurrency = ConcurrencyOptions(maximum_thread_pool_workers=max_concurrent_runs)
-    logger = logging.getLogger("durabletask.worker")
-    return DurableTaskSchedulerWorker(**connection.arguments(), concurrency_options=concurrency, logger=logger)
+    slots, logger = run_slots(settings), logging.getLogger("durabletask.worker")
+    # A thread per agent run, WORKER_MAX_CONCURRENT_RUNS of them; a run waiting for one is reported `queued`.
+    worker = DurableTaskSchedulerWorker(**connection.arguments(), concurrency_options=slots, logger=logger)
+    return report_queued_runs(worker, settings, services.redis_url)
 
 
 def setup_worker(

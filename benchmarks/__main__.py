@@ -24,9 +24,26 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks import delivery_latency, footprint, report, scaling, time_to_first_token, write_throughput
+from benchmarks import (
+    delivery_latency,
+    footprint,
+    process_scaling,
+    report,
+    scaling,
+    time_to_first_token,
+    write_throughput,
+)
 from benchmarks.agent_stack import agent_stack
-from benchmarks.common import FULL, QUICK, Mode, RedisTarget, redis_server_binaries, redis_version, tls_redis_server
+from benchmarks.common import (
+    FULL,
+    QUICK,
+    Mode,
+    RedisTarget,
+    Row,
+    redis_server_binaries,
+    redis_version,
+    tls_redis_server,
+)
 from support.ports import free_port
 from support.private_redis import PrivateRedisServer
 
@@ -118,18 +135,32 @@ def run_all(mode: Mode, results: dict[str, Any]) -> None:
 
 
 def run_scaling(plain: RedisTarget, mode: Mode, results: dict[str, Any]) -> None:
-    most = max(mode.agent_sessions)
-    runs = max(32, most)
-    results["notes"].append(
-        f"get_worker(max_concurrent_runs=...) defaults to 32; the end-to-end scaling run passes {runs} "
-        f"so that {most} sessions run at once"
-    )
-    with (
-        timed("4. scaling", results["seconds_per_section"]),
-        agent_stack(plain.url, token_delay_ms=20, max_concurrent_runs=runs) as agents,
-    ):
-        measuring = scaling.measure(agents, mode.stream_sessions, mode.stream_tokens, mode.agent_sessions)
-        results["scaling"] = asyncio.run(measuring)
+    with timed("4. scaling", results["seconds_per_section"]):
+        layer = [asyncio.run(scaling.streaming_layer(plain.url, k, mode.stream_tokens)) for k in mode.stream_sessions]
+        results["scaling"] = layer
+        if mode.agent_sessions:  # in-process end to end; section 6 measures the deployment shape
+            with agent_stack(plain.url, token_delay_ms=20) as agents:  # WORKER_MAX_CONCURRENT_RUNS' default
+                results["scaling"] += [asyncio.run(scaling.end_to_end(agents, k)) for k in mode.agent_sessions]
+    if mode.cluster_sessions:
+        with timed("4b. streaming layer on a Redis Cluster", results["seconds_per_section"]):
+            results["scaling"] += run_on_cluster(mode, results)
+    with timed("6. process-separated scaling", results["seconds_per_section"]):
+        results["process_scaling"] = process_scaling.measure(plain.url, mode.process_workers, mode.process_sessions)
+
+
+def run_on_cluster(mode: Mode, results: dict[str, Any]) -> list[Row]:
+    """The streaming-layer rows again, on three masters started here (needs redis-server 7 and redis-cli)."""
+    from tests.support.redis_cluster import cluster_binaries, local_redis_cluster  # the tests' own launcher
+
+    if cluster_binaries() is None:
+        results["notes"].append("Redis Cluster not measured: no redis-server and redis-cli pair on this machine")
+        return []
+    rows: list[Row] = []
+    with local_redis_cluster() as cluster:
+        for sessions in mode.cluster_sessions:
+            row = asyncio.run(scaling.streaming_layer(cluster.url, sessions, mode.stream_tokens))
+            rows.append({**row, "layer": "streaming layer on a 3-master Redis Cluster (separate writer process)"})
+    return rows
 
 
 def write_outputs(results: dict[str, Any], out: Path, plots: Path) -> None:

@@ -17,7 +17,7 @@ from agent_framework import AgentResponse
 from agent_framework_durabletask import DurableAIAgent, DurableAIAgentClient, run_agent_coroutine
 
 from agents import AGENT_NAME
-from support.config import load_settings
+from support.config import DEFAULT_WORKER_MAX_CONCURRENT_RUNS, load_settings
 from support.ports import free_port
 from support.scheduler import connect_client
 from support.services import Services, embedded_scheduler
@@ -39,7 +39,9 @@ class AgentStack:
 
 
 @contextmanager
-def agent_stack(redis_url: str, *, token_delay_ms: int, max_concurrent_runs: int = 32) -> Iterator[AgentStack]:
+def agent_stack(
+    redis_url: str, *, token_delay_ms: int, max_concurrent_runs: int = DEFAULT_WORKER_MAX_CONCURRENT_RUNS
+) -> Iterator[AgentStack]:
     """A fresh embedded scheduler and a started worker whose demo model waits `token_delay_ms` between words."""
     for name in ("durabletask", "durabletask.worker", "durabletask.client", "agent_framework"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -48,7 +50,7 @@ def agent_stack(redis_url: str, *, token_delay_ms: int, max_concurrent_runs: int
     services = Services(scheduler_endpoint=f"http://localhost:{port}", redis_url=redis_url)
     with ExitStack() as stack:
         stack.enter_context(embedded_scheduler(port))
-        worker = get_worker(settings, services, max_concurrent_runs=max_concurrent_runs)
+        worker = get_worker(replace(settings, worker_max_concurrent_runs=max_concurrent_runs), services)
         callback = setup_worker(
             worker, replace(settings), services, environ={"DEMO_MODEL_TOKEN_DELAY_MS": str(token_delay_ms)}
         )

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from redis_stream_response_handler import RedisStreamResponseHandler
 from support.ports import free_port
 from support.private_redis import find_redis_server
+from support.redis_connection import sync_client
 
 Row = dict[str, Any]
 
@@ -44,10 +45,16 @@ class Mode:
     stream_sessions: tuple[int, ...]
     stream_tokens: int
     agent_sessions: tuple[int, ...]
+    process_sessions: tuple[int, ...]  # process-separated scaling: sessions per wave ...
+    process_workers: tuple[int, ...]  # ... against each number of worker processes
+    cluster_sessions: tuple[int, ...]  # streaming layer on a local 3-master Redis Cluster (none: skipped)
 
 
-QUICK = Mode("quick", 40, 10, 3, 2_000, 100, 3, 5, 2, (1, 10), 50, (1, 10))
-FULL = Mode("full", 500, 25, 20, 10_000, 1_000, 3, 30, 10, (1, 10, 50, 100), 500, (1, 10, 50, 100))
+QUICK = Mode("quick", 40, 10, 3, 2_000, 100, 3, 5, 2, (1, 10), 50, (), (10,), (1,), ())
+FULL = Mode(
+    "full", 500, 25, 20, 10_000, 1_000, 3, 30, 10, (1, 10, 50, 100), 500, (1, 10, 50, 100),
+    (1, 10, 50, 100, 200), (1, 2), (10, 100),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -141,9 +148,9 @@ def redis_version(url: str) -> str:
 def memory_usage(url: str, key: str, ca_file: str | None = None) -> int:
     """MEMORY USAGE key SAMPLES 0: every element counted, in bytes (0 for a missing key)."""
     options: dict[str, Any] = {"ssl_ca_certs": ca_file} if ca_file else {}
-    client = redis.Redis.from_url(url, **options)
+    client = sync_client(url, **options)  # a single node or, for ?cluster=true, the node that holds `key`
     try:
-        return int(client.memory_usage(key, samples=0) or 0)
+        return int(client.memory_usage(key, samples=0) or 0)  # type: ignore[arg-type]
     finally:
         client.close()
 

@@ -21,6 +21,7 @@ def write_plots(results: dict[str, Any], folder: Path) -> list[Path]:
         ("write_throughput", _write_throughput),
         ("time_to_first_token", _time_to_first_token),
         ("scaling", _scaling),
+        ("process_scaling", _process_scaling),
     ):
         if results.get(name):
             path = folder / f"benchmark_{name}.png"
@@ -106,6 +107,30 @@ def _scaling(results: dict[str, Any], path: Path) -> None:
     latency.set(xscale="log", yscale="log", xlabel="concurrent sessions", ylabel="delivery latency, ms")
     rate.set(xscale="log", yscale="log", xlabel="concurrent sessions", ylabel="aggregate tokens/s")
     for axis in (latency, rate):
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    _save(figure, path)
+
+
+def _process_scaling(results: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = results["process_scaling"]
+    figure, (ttft, rate) = plt.subplots(1, 2, figsize=(11, 4))
+    for workers in sorted({row["workers"] for row in rows}):
+        mine = [row for row in rows if row["workers"] == workers]
+        sessions = [row["sessions"] for row in mine]
+        label = f"{workers} worker{'s' if workers > 1 else ''}"
+        (line,) = ttft.plot(sessions, [row["ttft_p99_ms"] for row in mine], marker="o", label=f"{label}: TTFT p99")
+        p50 = [row["ttft_p50_ms"] for row in mine]
+        ttft.plot(sessions, p50, marker=".", linestyle="--", color=line.get_color(), label=f"{label}: TTFT p50")
+        rate.plot(sessions, [row["aggregate_tokens_per_s"] for row in mine], marker="o", label=label)
+    sessions = sorted({row["sessions"] for row in rows})
+    rate.plot(sessions, [50 * k for k in sessions], color="grey", linestyle=":", label="offered (50 tokens/s/session)")
+    ttft.axhline(500, color="red", linestyle=":", label="TTFT p99 target 500 ms")
+    ttft.set(xscale="log", yscale="log", xlabel="concurrent sessions", ylabel="time to first token, ms")
+    rate.set(xscale="log", yscale="log", xlabel="concurrent sessions", ylabel="aggregate tokens/s")
+    for axis in (ttft, rate):
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     _save(figure, path)

@@ -67,6 +67,22 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("memory_usage_per_stream_bytes", "MEMORY USAGE/stream B"),
         ],
     ),
+    "process_scaling": (
+        "6. Process-separated scaling: scheduler, N workers and the readers in separate processes, 20 ms/token",
+        [
+            ("workers", "workers"),
+            ("sessions", "sessions"),
+            ("completed_in_order", "complete, in order"),
+            ("ttft_p50_ms", "TTFT p50 ms"),
+            ("ttft_p99_ms", "TTFT p99 ms"),
+            ("delivery_p50_ms", "delivery p50 ms"),
+            ("delivery_p99_ms", "delivery p99 ms"),
+            ("aggregate_tokens_per_s", "tokens/s"),
+            ("wall_s", "wall s"),
+            ("worker_cpu_us_per_token", "worker CPU µs/token"),
+            ("cpu_busy_pct", "CPU busy %"),
+        ],
+    ),
     "footprint": (
         "5. Redis footprint (MEMORY USAGE … SAMPLES 0) and its bounds",
         [
@@ -139,6 +155,26 @@ def check_targets(results: dict[str, Any]) -> list[Row]:
             ok = row["completed_in_order"] == 100 and row["p99_ms"] < 50
             measured = f"{row['completed_in_order']}/100 complete, p99 {row['p99_ms']:.1f} ms"
             checks.append(_check(f"100 sessions complete, in order, p99 < 50 ms ({row['layer']})", measured, ok))
+    checks += _process_targets(results.get("process_scaling", []))
+    return checks
+
+
+def _process_targets(rows: Sequence[Row]) -> list[Row]:
+    """Issue 13's bar: one worker, default settings, 100 sessions; and what a second worker adds."""
+    checks: list[Row] = []
+    one = {row["sessions"]: row for row in rows if row["workers"] == 1}
+    two = {row["sessions"]: row for row in rows if row["workers"] == 2}
+    if 100 in one:
+        row = one[100]
+        ok = row["completed_in_order"] == 100 and row["ttft_p99_ms"] < 500 and row["delivery_p99_ms"] < 50
+        latencies = f"TTFT p99 {row['ttft_p99_ms']:.0f} ms, delivery p99 {row['delivery_p99_ms']:.0f} ms"
+        measured = f"{row['completed_in_order']}/100, {latencies}"
+        checks.append(_check("1 worker, 100 sessions: complete, TTFT p99 < 500 ms, delivery p99 < 50 ms", measured, ok))
+    if one and two:
+        best_one = max(row["aggregate_tokens_per_s"] for row in one.values())
+        best_two = max(row["aggregate_tokens_per_s"] for row in two.values())
+        ratio = best_two / best_one
+        checks.append(_check("2 workers ≥ 1.6× the tokens/s of 1 (best wave each)", f"{ratio:.2f}×", ratio >= 1.6))
     return checks
 
 

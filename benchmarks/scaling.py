@@ -10,6 +10,9 @@ Two measurements, reported separately:
   in-process worker (worker, scheduler and K readers share this process), with
   the demo model at 20 ms per word and its real answer length (~100 tokens).
 
+The full run repeats the streaming layer on a local 3-master Redis Cluster (`__main__.run_on_cluster`);
+`process_scaling` measures the deployment shape (scheduler, workers and readers in separate processes).
+
 For each K: how many runs completed with every token, in order; aggregate
 tokens/s; delivery latency (token timestamp → reader yield); peak RSS of the
 writing process (sampled from /proc/self/status); MEMORY USAGE per finished stream.
@@ -49,6 +52,7 @@ class SessionRead:
     sequences: list[int] = field(default_factory=list)  # of tokens and tool entries
     final: StreamChunk | None = None
     finished_at: float = 0.0
+    first_token_at: float = 0.0  # when this reader got the run's first token (0: never)
 
     def complete(self, expected_tokens: int | None = None) -> bool:
         if self.final is None or not self.final.is_done:
@@ -63,6 +67,7 @@ async def read_session(
     seen = SessionRead()
     async for chunk in read_run(handler, key, cursor, correlation_id=correlation_id):
         if chunk.kind == TOKEN:
+            seen.first_token_at = seen.first_token_at or time.time()
             seen.latencies.append(time.time() - chunk.timestamp)
         if chunk.kind in NUMBERED_KINDS:  # tool entries share the tokens' sequence numbers
             seen.sequences.append(chunk.sequence)
@@ -166,11 +171,3 @@ async def end_to_end(stack: AgentStack, sessions: int) -> Row:
         "rss_of": "the one process: scheduler, worker and readers",
         "max_concurrent_runs": stack.max_concurrent_runs,
     }
-
-
-async def measure(
-    stack: AgentStack, stream_sessions: Sequence[int], tokens: int, agent_sessions: Sequence[int]
-) -> list[Row]:
-    """Streaming-layer rows for each K, then end-to-end rows through the agent for each K."""
-    rows = [await streaming_layer(stack.services.redis_url, k, tokens) for k in stream_sessions]
-    return rows + [await end_to_end(stack, k) for k in agent_sessions]

@@ -36,6 +36,9 @@ from reliability.resume_point import ResumePoint, resume_point
 # Entries numbered by the run's one sequence counter: a reader drops repeats and counts gaps among them.
 NUMBERED_KINDS = (TOKEN, TOOL_CALL, TOOL_RESULT)
 
+# The entry kind reliability/worker_capacity.py writes while a run waits for a free worker slot.
+QUEUED = "queued"
+
 
 async def read_run(
     handler: RedisStreamResponseHandler, session_key: str, cursor: str | None = None, correlation_id: str | None = None
@@ -72,6 +75,8 @@ class RunTracker:
     """Turns one run's raw entries into what a reader should see.
 
     - entries of other runs, and heartbeats, are dropped;
+    - the first `queued` notice (the run waits for a free worker slot) is passed on, once;
+      like heartbeats, the notices that follow only prove the worker alive;
     - a token or tool entry already seen (a batch the worker wrote twice after a dropped connection) is dropped;
     - a second `start` for the same run with a new attempt id (the scheduler delivered it again
       after a worker died) becomes a `restart`: the answer starts over; the same attempt id again
@@ -88,12 +93,16 @@ class RunTracker:
         self.seen_any = False
         self.attempt: str | None = None  # id of the attempt being read; None until its start marker
         self.missing = 0
+        self.queued_at: str | None = None  # the busy worker this run waited for, once a `queued` notice came
 
     def accept(self, chunk: StreamChunk) -> StreamChunk | None:
         if self.correlation_id is None and chunk.kind != HEARTBEAT:
             self.correlation_id = chunk.correlation_id  # follow the first run after the cursor
         if chunk.correlation_id != self.correlation_id or chunk.kind == HEARTBEAT:
             return None
+        if chunk.kind == QUEUED:
+            first, self.queued_at = self.queued_at is None, chunk.worker or "a worker"
+            return chunk if first and not self.seen_any else None
         if not self.seen_any:
             self._position_after_cursor()
         if chunk.kind in (START, RESTART):
@@ -131,6 +140,11 @@ class RunTracker:
         return chunk
 
     def idle_message(self, idle_timeout: float) -> str:
+        if not self.seen_any and self.queued_at is not None:
+            return (
+                f"the run was waiting for a free slot on {self.queued_at} (all WORKER_MAX_CONCURRENT_RUNS busy), "
+                f"then nothing arrived for {idle_timeout:g}s: that worker may have stopped; add workers"
+            )
         if not self.seen_any:
             return (
                 f"no answer started within {idle_timeout:g}s: is a worker running (uv run worker.py), "

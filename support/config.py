@@ -23,8 +23,13 @@ from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 from dotenv import load_dotenv
 
 from support.errors import UsageError
+from support.redis_connection import ENTRA_ID, parse_target, with_options
 
 DEFAULT_TASKHUB = "default"
+# Runs one worker process serves at once (one thread each). Sized for models that spend most of a
+# run waiting on the network; docs/benchmarks.md shows what one worker sustains.
+DEFAULT_WORKER_MAX_CONCURRENT_RUNS = 128
+MAX_WORKER_CONCURRENT_RUNS = 1024
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_WEB_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -58,6 +63,7 @@ class Settings:
     log_level: str = "WARNING"
     web_max_streams: int = 200
     web_allowed_hosts: tuple[str, ...] = DEFAULT_WEB_ALLOWED_HOSTS
+    worker_max_concurrent_runs: int = DEFAULT_WORKER_MAX_CONCURRENT_RUNS
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -78,6 +84,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     ca_file = _optional(environ, "REDIS_TLS_CA_FILE")
     if ca_file is not None:
         redis_url = _with_tls_ca_file(redis_url, ca_file)
+    redis_url = _with_redis_options(environ, redis_url)
     idle_timeout_seconds = _seconds(environ, "STREAM_IDLE_TIMEOUT_SECONDS", 20.0)
     if redis_url is not None:
         _check_read_timeout(redis_url, idle_timeout_seconds)
@@ -96,6 +103,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=_log_level(environ),
         web_max_streams=_whole_number(environ, "WEB_MAX_STREAMS", 200, 1, MAX_WEB_STREAMS, "streams"),
         web_allowed_hosts=_allowed_hosts(environ),
+        # A thread each: past the maximum, run more worker processes instead.
+        worker_max_concurrent_runs=_whole_number(
+            environ,
+            "WORKER_MAX_CONCURRENT_RUNS",
+            DEFAULT_WORKER_MAX_CONCURRENT_RUNS,
+            1,
+            MAX_WORKER_CONCURRENT_RUNS,
+            "runs",
+        ),
     )
 
 
@@ -225,6 +241,30 @@ def _url_parts(url: str, name: str, accepted: str) -> SplitResult:
             "characters in a password (/ @ : ? #) must be percent-encoded"
         ) from None
     return parts
+
+
+def _with_redis_options(environ: Mapping[str, str], redis_url: str | None) -> str | None:
+    """REDIS_CLUSTER and REDIS_AUTH, carried in the URL like the CA file (see support/redis_connection.py)."""
+    cluster = _choice(environ, "REDIS_CLUSTER", ("false", "true"))
+    auth = _choice(environ, "REDIS_AUTH", ("password", ENTRA_ID))
+    if redis_url is None:
+        if cluster == "true" or auth == ENTRA_ID:
+            raise UsageError("REDIS_CLUSTER and REDIS_AUTH apply to your own Redis: set REDIS_CONNECTION_STRING too")
+        return None
+    target = parse_target(redis_url)  # also checks the URL's own cluster= and auth=
+    wanted_cluster, wanted_entra_id = target.cluster or cluster == "true", target.entra_id or auth == ENTRA_ID
+    if (wanted_cluster, wanted_entra_id) == (target.cluster, target.entra_id):
+        return redis_url
+    url = with_options(redis_url, cluster=wanted_cluster, entra_id=wanted_entra_id)
+    parse_target(url)  # a password in the URL together with REDIS_AUTH=entra-id is refused here
+    return url
+
+
+def _choice(environ: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    value = (_optional(environ, name) or allowed[0]).lower()
+    if value not in allowed:
+        raise UsageError(f"{name} must be {' or '.join(allowed)} (got {value!r}); fix it or unset it")
+    return value
 
 
 def _check_endpoint(endpoint: str) -> None:

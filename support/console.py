@@ -91,3 +91,5 @@ def setup_logging(environ: Mapping[str, str] | None = None) -> None:
     if level != "DEBUG":
         # The gRPC worker logs every reconnect and its own shutdown as warnings: noise in a demo.
         logging.getLogger("durabletask").setLevel(logging.ERROR)
+        # Its failures reach the user as one error line (support/redis_connection.py); its own warnings repeat them.
+        logging.getLogger("azure.identity").setLevel(logging.ERROR)

@@ -25,6 +25,7 @@ from redis_stream_response_handler import (
     TOOL_RESULT,
     StreamChunk,
 )
+from reliability.run_tracker import QUEUED
 from support.console import announce
 from support.tool_status import ToolStatus
 
@@ -44,6 +45,8 @@ class ChunkPrinter:
 
     def print_chunk(self, chunk: StreamChunk) -> None:
         self._clear_indicator()
+        if chunk.kind == QUEUED:
+            announce("client", f"waiting for a free worker: every run slot of {chunk.worker} is busy")
         if chunk.kind == RESTART:
             self.answer, self.tools = "", ToolStatus()
             reason = f" ({chunk.error})" if chunk.error else ""
@@ -96,6 +99,8 @@ class ChunkPrinter:
         if chunk.kind == TOOL_RESULT:
             failed = {"tool_error": chunk.error} if chunk.error is not None else {}
             return {"call_id": chunk.call_id, "name": chunk.name, "result": chunk.result, **failed}
+        if chunk.kind == QUEUED:
+            return {"queued": True}  # the run waits for a free worker slot
         if chunk.kind == DONE:
             return {"done": True, **({"usage": json.loads(chunk.usage)} if chunk.usage else {})}
         if chunk.kind == CANCELLED:

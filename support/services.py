@@ -35,6 +35,8 @@ from typing import Literal
 from urllib.parse import SplitResult, urlsplit
 
 import redis
+from redis.auth.err import RequestTokenErr
+from redis.exceptions import RedisClusterException
 
 from support.config import Settings, load_settings, redact_url
 from support.console import announce
@@ -42,6 +44,7 @@ from support.errors import UsageError
 from support.ports import free_port, port_answers
 from support.private_redis import PrivateRedisServer
 from support.redelivering_scheduler import LOOPBACK, RedeliveringScheduler
+from support.redis_connection import explain_token_failure, parse_target, sync_client
 from support.scheduler import scheduler_problem
 
 Role = Literal["sample", "worker", "client"]
@@ -155,21 +158,25 @@ def start_shared_redis(settings: Settings, stack: ExitStack) -> None:
 
 def check_redis(url: str, name: str) -> None:
     """PING `url` once, turning each way it can fail into one actionable line (never showing a password)."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    client = sync_client(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         client.ping()
-    except redis.RedisError as error:
+    except (redis.RedisError, RedisClusterException) as error:
         raise UsageError(explain_redis_failure(url, name, error)) from None
+    except RequestTokenErr as error:  # Entra ID: no token, so nothing was sent to Redis yet
+        raise UsageError(explain_token_failure(name, error)) from None
     finally:
         client.close()
 
 
-def explain_redis_failure(url: str, name: str, error: redis.RedisError) -> str:
+def explain_redis_failure(url: str, name: str, error: redis.RedisError | RedisClusterException) -> str:
     """One line saying what went wrong talking to Redis at `url`, and what to change."""
     parts = urlsplit(url)
     where = f"{redact_url(url)} ({name})"
     cause = error.__context__
     if isinstance(error, redis.AuthenticationError) or _is_auth_refusal(error):
+        if parse_target(url).entra_id:
+            return f"Redis at {where} refused this identity's Microsoft Entra ID token: give it an access policy"
         if parts.password is None:
             return f"Redis at {where} requires a password: use {parts.scheme}://user:password@host:port"
         return f"Redis at {where} refused the user name or password; check the credentials in {name}"
@@ -189,7 +196,7 @@ def explain_redis_failure(url: str, name: str, error: redis.RedisError) -> str:
     return f"nothing usable answers at {where}: {error}"
 
 
-def _is_auth_refusal(error: redis.RedisError) -> bool:
+def _is_auth_refusal(error: Exception) -> bool:
     # Some servers answer a missing or wrong password as a plain error reply.
     return str(error).startswith(("NOAUTH", "WRONGPASS", "invalid password", "invalid username-password"))
 

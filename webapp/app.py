@@ -8,8 +8,8 @@ app's lifespan.
          -> 202 {"session": key, "correlation_id": id, "cursor": entry id taken BEFORE the run}
     GET  /agents/TravelPlanner/stream/{session}?cursor=...&correlation_id=...
          -> text/event-stream: one event per stream entry after the cursor;
-            `id` = the Redis entry id, `event` = message | tool_call | tool_result | restart | done | error
-            | cancelled (see `to_event`)
+            `id` = the Redis entry id, `event` = message | tool_call | tool_result | restart | queued | done
+            | error | cancelled (see `to_event`)
     POST /agents/TravelPlanner/cancel/{session}       -> stop the session's current run (webapp/cancel.py)
     GET  /agents/TravelPlanner/answer/{session}/{correlation_id}
          -> {"text": ...}: the answer the durable entity recorded (404 until it exists)
@@ -52,7 +52,7 @@ from starlette.staticfiles import StaticFiles
 from agents import AGENT_NAME
 from redis_stream_response_handler import DONE, ERROR, RESTART, START, RedisStreamResponseHandler, StreamChunk
 from reliability.durable_record import recorded_answer as recorded
-from reliability.run_tracker import read_run
+from reliability.run_tracker import QUEUED, read_run
 from support.config import Settings
 from support.environment import check_environment
 from support.errors import UsageError
@@ -258,6 +258,8 @@ def to_event(chunk: StreamChunk) -> ServerSentEvent | None:
         return ServerSentEvent(chunk.error or "the run failed", event="error", id=chunk.entry_id)
     if chunk.kind == RESTART:
         return ServerSentEvent("the answer restarted", event="restart", id=chunk.entry_id)
+    if chunk.kind == QUEUED:  # the run waits for a free worker slot
+        return ServerSentEvent("waiting for a free worker", event="queued", id=chunk.entry_id)
     return ServerSentEvent(chunk.text, event="message", id=chunk.entry_id)
 
 

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 
 from redis_stream_response_handler import (
     DONE,
@@ -85,6 +86,7 @@ async def test_a_blocked_reader_gets_tokens_as_they_are_written(handler: RedisSt
 
 
 def _url_of(handler: RedisStreamResponseHandler) -> str:
+    assert isinstance(handler.redis, aioredis.Redis)  # a single node here, not a RedisCluster
     kwargs = handler.redis.connection_pool.connection_kwargs
     return f"redis://{kwargs['host']}:{kwargs['port']}"
 
