@@ -20,14 +20,14 @@ Read next: client.py, the reading side.
 
 from __future__ import annotations
 
-import logging
+import argparse
 import os
 import sys
 from collections.abc import Mapping
 from contextlib import ExitStack
 
 from agent_framework import AgentResponse, AgentResponseUpdate
-from agent_framework_durabletask import AgentCallbackContext, DurableAIAgentWorker, run_agent_coroutine
+from agent_framework_durabletask import AgentCallbackContext, DurableAIAgentWorker
 from durabletask.azuremanaged.worker import DurableTaskSchedulerWorker
 from durabletask.worker import ConcurrencyOptions
 
@@ -35,6 +35,7 @@ from agents import create_chat_client, create_travel_agent
 from redis_stream_response_handler import RedisStreamResponseHandler
 from reliability.cancellation import CancelWatcher, cancel_reason
 from reliability.reporting_agent import ReportingAgent, is_run_started, remember_run
+from reliability.shutdown import quiet_worker_logger, stop_worker
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.console import EXIT_OK, announce, run_entry_point, setup_logging
 from support.environment import Settings, check_environment
@@ -79,7 +80,7 @@ class RedisStreamCallback:
 
     async def aclose(self) -> None:
         if self._flusher is not None:
-            await self._flusher.handler.aclose()
+            await self._flusher.aclose()  # unfinished runs (a stopping worker) end with an error marker
 
     def _new_writer(self, context: AgentCallbackContext) -> RunStreamWriter:
         if not context.session_id:
@@ -108,7 +109,7 @@ def get_worker(settings: Settings, services: Services, *, max_concurrent_runs: i
     connection = scheduler_connection(services.scheduler_endpoint, settings.taskhub)
     # Each agent run holds a worker thread until it ends, so the thread pool bounds concurrent runs.
     concurrency = ConcurrencyOptions(maximum_thread_pool_workers=max_concurrent_runs)
-    logger = logging.getLogger("durabletask.worker")
+    logger = quiet_worker_logger()  # without the noise of a deliberate stop (reliability/shutdown.py)
     return DurableTaskSchedulerWorker(**connection.arguments(), concurrency_options=concurrency, logger=logger)
 
 
@@ -124,6 +125,7 @@ def setup_worker(
 
 
 def main() -> int:
+    argparse.ArgumentParser(prog="worker.py", description="Host the TravelPlanner; stream to Redis.").parse_args()
     setup_logging()
     with ExitStack() as stack:
         settings = check_environment()
@@ -134,8 +136,7 @@ def main() -> int:
         announce("worker", "TravelPlanner is ready; press Ctrl+C to stop")
         wait_for_shutdown_signal()
         announce("worker", "stopping")
-        worker.stop()
-        run_agent_coroutine(callback.aclose())
+        stop_worker(worker, callback)  # runs still going after a moment end with an error marker
     return EXIT_OK
 
 

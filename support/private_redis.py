@@ -48,7 +48,11 @@ class PrivateRedisServer:
         # --save "" and --appendonly no: nothing touches the disk; --bind: loopback only.
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         command += ["--dir", self._workdir.name, "--logfile", str(log_path), *self.extra_args]
-        self._process = subprocess.Popen(dying_with_this_process(command), stdin=subprocess.DEVNULL)
+        # Its own session: a Ctrl+C in the terminal must not reach it (the SIGINT goes to the whole
+        # foreground process group), so Redis outlives the worker's shutdown and takes its last writes.
+        self._process = subprocess.Popen(
+            dying_with_this_process(command), stdin=subprocess.DEVNULL, start_new_session=True
+        )
         self._wait_until_ready(log_path)
         return self
 
