@@ -27,6 +27,10 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells expect of a program stopped by Ctrl+C
 
 
+class NothingSent(KeyboardInterrupt):
+    """Ctrl+C at a prompt: the program stops at once, and no message went to the agent."""
+
+
 def announce(component: str, message: str) -> None:
     """One status line on stderr: `[component] message`."""
     print(f"[{component}] {message}", file=sys.stderr, flush=True)
@@ -53,6 +57,9 @@ def run_entry_point(body: Callable[[], int], *, resume_hint: Callable[[], str] |
         return body()
     except UsageError as error:
         return fail(str(error), EXIT_USAGE)
+    except NothingSent:
+        print("\n[client] stopped at the prompt; nothing was sent", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         if resume_hint is not None:
             print(f"\n[client] {resume_hint()}", file=sys.stderr)

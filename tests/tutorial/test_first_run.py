@@ -1,0 +1,167 @@
+"""The first five minutes (issue 14): every README command behaves as a new user expects.
+
+Each test runs the command as a user does: a subprocess, and a real terminal (tests/terminal.py)
+wherever Ctrl+C matters, because a terminal's Ctrl+C reaches every process in the foreground
+group, including the private redis-server a process starts. The demo model runs at its default
+pace where the timing of a Ctrl+C matters.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from support.ports import free_port, port_answers
+from tests.conftest import ROOT, cli_environment
+from tests.terminal import Terminal
+from tests.tutorial.test_cli import WorkerProcess, start_worker
+
+
+def _spawn(script: str, *arguments: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`python <script> <arguments>` with piped output, as a user runs it (not on a terminal)."""
+    return subprocess.Popen(
+        [sys.executable, script, *arguments], cwd=ROOT, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _status_lines_after_ctrl_c(output: str) -> list[str]:
+    after = output.split("^C", 1)[1]
+    return [line for line in after.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def own_ports() -> dict[str, str]:
+    """Free local ports, so nothing here finds (or disturbs) a scheduler or Redis already running."""
+    return {"LOCAL_SCHEDULER_PORT": str(free_port()), "LOCAL_REDIS_PORT": str(free_port())}
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """`uv run worker.py` with nothing configured, on ports of its own (the README's first terminal)."""
+    running = start_worker(tmp_path_factory.mktemp("worker"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def terminals() -> Iterator[list[Terminal]]:
+    opened: list[Terminal] = []
+    yield opened
+    for terminal in opened:
+        terminal.close()
+
+
+ENTRY_POINTS = ("sample.py", "worker.py", "client.py", "web.py", "scheduler_server.py")
+
+
+def test_help_prints_usage_and_starts_nothing(own_ports: dict[str, str]) -> None:
+    env = cli_environment(**own_ports)
+    helps = {script: _spawn(script, "--help", env=env) for script in ENTRY_POINTS}  # at once: imports are slow
+    try:
+        outputs = {script: process.communicate(timeout=60) for script, process in helps.items()}
+    finally:
+        for process in helps.values():
+            process.kill()
+
+    for script, (stdout, stderr) in outputs.items():
+        assert helps[script].returncode == 0, (script, stderr)
+        assert stdout.startswith(f"usage: {script}"), (script, stdout)
+        assert stderr == "", (script, stderr)  # no "[redis] started …", no "[worker] … ready"
+    assert not port_answers("localhost", int(own_ports["LOCAL_SCHEDULER_PORT"]))
+    assert not port_answers("localhost", int(own_ports["LOCAL_REDIS_PORT"]))
+
+
+def test_ctrl_c_in_sample_stops_everything_with_one_status_line(
+    own_ports: dict[str, str], terminals: list[Terminal]
+) -> None:
+    env = cli_environment(DEMO_MODEL_TOKEN_DELAY_MS="", **own_ports)  # the default pace: a long answer
+    sample = Terminal("sample.py", "-m", "Plan a 7-day trip to Kyoto", env=env)
+    terminals.append(sample)
+    sample.read_until("## Day 2")
+    sample.press_ctrl_c()
+
+    assert sample.wait(timeout=15) == 130, sample.output
+    lines = _status_lines_after_ctrl_c(sample.output)
+    # Before: the private Redis died of the same Ctrl+C, and the worker logged failed writes.
+    assert len(lines) == 1 and lines[0].startswith("[client] interrupted"), sample.output
+
+
+def test_ctrl_c_in_the_worker_ends_running_answers_with_an_error_and_exits_0(
+    own_ports: dict[str, str], terminals: list[Terminal]
+) -> None:
+    env = cli_environment(DEMO_MODEL_TOKEN_DELAY_MS="", **own_ports)
+    worker = Terminal("worker.py", env=env)
+    terminals.append(worker)
+    worker.read_until("TravelPlanner is ready")
+    client = _spawn("client.py", "-m", "Plan a 7-day trip to Kyoto", env=env)
+    try:
+        assert client.stdout is not None
+        client.stdout.read(200)  # the answer is streaming
+        worker.press_ctrl_c()
+        assert worker.wait(timeout=15) == 0, worker.output
+        _, client_stderr = client.communicate(timeout=15)  # promptly: not after the 20 s idle timeout
+    finally:
+        client.kill()
+
+    assert _status_lines_after_ctrl_c(worker.output) == ["[worker] stopping"], worker.output
+    assert client.returncode == 1
+    assert "error: the worker stopped before this run finished" in client_stderr
+
+
+def test_ctrl_c_on_web_py_exits_0_without_a_traceback(own_ports: dict[str, str], terminals: list[Terminal]) -> None:
+    web = Terminal("web.py", "--port", str(free_port()), env=cli_environment(**own_ports))
+    terminals.append(web)
+    web.read_until("[web] open http://127.0.0.1:")
+    web.press_ctrl_c()
+
+    assert web.wait(timeout=15) == 0, web.output
+    assert _status_lines_after_ctrl_c(web.output) == ["[web] stopped"], web.output
+
+
+# The benchmarks' own stack (benchmarks/agent_stack.py), with the benchmarks' logging set-up.
+_ONE_BENCHMARK_TURN = """
+import asyncio, logging
+from benchmarks.agent_stack import agent_stack
+from redis_stream_response_handler import RedisStreamResponseHandler
+from reliability.run_tracker import read_run
+from support.ports import free_port
+from support.private_redis import PrivateRedisServer
+
+async def one_turn(stack, url):
+    correlation_id = await stack.start_run("bench-shutdown", "Plan a 1-day trip to Oslo")
+    async with RedisStreamResponseHandler.from_url(url) as handler:
+        async for _ in read_run(handler, "bench-shutdown", None, correlation_id):
+            pass
+
+logging.basicConfig(level=logging.WARNING)
+with PrivateRedisServer(free_port()) as redis_server, agent_stack(redis_server.url, token_delay_ms=0) as stack:
+    asyncio.run(one_turn(stack, redis_server.url))
+print("done")
+"""
+
+
+def test_the_benchmark_stack_stops_without_warnings() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _ONE_BENCHMARK_TURN], cwd=ROOT, env=cli_environment(),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+    assert result.returncode == 0 and result.stdout == "done\n", result.stderr
+    assert "WARNING" not in result.stderr and "Error in work item stream" not in result.stderr, result.stderr
+
+
+def test_ctrl_c_at_the_prompt_exits_at_once_saying_nothing_was_sent(
+    worker: WorkerProcess, terminals: list[Terminal]
+) -> None:
+    client = Terminal("client.py", env=worker.env)
+    terminals.append(client)
+    client.read_until("You [")
+    client.press_ctrl_c()
+
+    # Before: ignored while the prompt blocked the event loop; a second Ctrl+C claimed a run had started.
+    assert client.wait(timeout=15) == 130, client.output
+    assert _status_lines_after_ctrl_c(client.output) == ["[client] stopped at the prompt; nothing was sent"]
