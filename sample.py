@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = check_environment()
         with ExitStack() as stack:  # stops, in reverse order, everything started below
             # 1. Services: the scheduler and Redis you configured, or embedded ones (each announced).
-            services = provide_services(settings, stack, role="sample")
+            services = provide_services(settings, stack, role="sample", resuming=args.session is not None)
 
             # 2. The worker (worker.py): the TravelPlanner as a durable entity, streaming to Redis.
             worker = get_worker(settings, services)

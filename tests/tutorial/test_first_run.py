@@ -85,6 +85,7 @@ def test_ctrl_c_in_sample_stops_everything_with_one_status_line(
     sample.press_ctrl_c()
 
     assert sample.wait(timeout=15) == 130, sample.output
+    assert "(it ends when this process exits)" in sample.output  # not "continue it with --session"
     lines = _status_lines_after_ctrl_c(sample.output)
     # Before: the private Redis died of the same Ctrl+C, and the worker logged failed writes.
     assert len(lines) == 1 and lines[0].startswith("[client] interrupted"), sample.output
@@ -165,3 +166,28 @@ def test_ctrl_c_at_the_prompt_exits_at_once_saying_nothing_was_sent(
     # Before: ignored while the prompt blocked the event loop; a second Ctrl+C claimed a run had started.
     assert client.wait(timeout=15) == 130, client.output
     assert _status_lines_after_ctrl_c(client.output) == ["[client] stopped at the prompt; nothing was sent"]
+
+
+def test_bad_configuration_is_rejected_before_anything_starts(own_ports: dict[str, str]) -> None:
+    nothing_there = f"http://localhost:{free_port()}"
+    cases = {  # (command line, environment, what the one error line names)
+        "unreachable ENDPOINT": (["sample.py", "-m", "hi"], {"ENDPOINT": nothing_there}, "nothing answers at ENDPOINT"),
+        "half a provider": (["sample.py", "-m", "hi"], {"OPENAI_API_KEY": "sk-xxx"}, "OpenAI is only partly"),
+        "bad demo model pace": (["worker.py"], {"DEMO_MODEL_TOKEN_DELAY_MS": "abc"}, "DEMO_MODEL_TOKEN_DELAY_MS"),
+        # sample.py's embedded scheduler starts empty: an old session cannot be in it
+        "sample.py --session": (["sample.py", "--session", "5c0f1e2d", "-m", "hi"], {}, "uv run worker.py"),
+    }
+    running = {
+        case: _spawn(*command, env=cli_environment(**own_ports, **variables))
+        for case, (command, variables, _) in cases.items()
+    }
+    try:
+        outputs = {case: process.communicate(timeout=60) for case, process in running.items()}
+    finally:
+        for process in running.values():
+            process.kill()
+
+    for case, (_, stderr) in outputs.items():
+        assert running[case].returncode == 2, (case, stderr)
+        lines = stderr.splitlines()  # before: "[redis] started …" (and "[scheduler] started …") came first
+        assert len(lines) == 1 and lines[0].startswith("error: ") and cases[case][2] in lines[0], (case, stderr)
