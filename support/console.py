@@ -5,6 +5,7 @@ single place that maps an outcome to an exit status:
 
     0  success                 1  the run failed (Redis, the scheduler, a bug)
     2  bad usage or config     130  interrupted (Ctrl+C)
+                               141  stdout closed early (`| head`): quietly, like coreutils
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells expect of a program stopped by Ctrl+C
+# 128 + SIGPIPE: what a shell reports for `seq 1000000 | head -1`, where the reader stopped reading.
+# Quiet, as every such tool is, and not 0: the answer was not delivered in full (`set -o pipefail`).
+EXIT_STDOUT_CLOSED = 141
 
 
 class NothingSent(KeyboardInterrupt):
@@ -69,6 +73,9 @@ def run_entry_point(body: Callable[[], int], *, resume_hint: Callable[[], str] |
     except RedisError as error:
         hint = f"; {resume_hint()}" if resume_hint is not None else ""
         return fail(f"Redis failed while streaming ({error}){hint}", EXIT_RUN_FAILED)
+    except BrokenPipeError:  # stdout's reader went away (`| head -2`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return EXIT_STDOUT_CLOSED
     except Exception as error:  # a bug or an unforeseen failure: still one line, details on request
         if os.environ.get("LOG_LEVEL", "").upper() == "DEBUG":
             raise

@@ -224,3 +224,18 @@ def test_bad_configuration_is_rejected_before_anything_starts(own_ports: dict[st
         assert running[case].returncode == 2, (case, stderr)
         lines = stderr.splitlines()  # before: "[redis] started …" (and "[scheduler] started …") came first
         assert len(lines) == 1 and lines[0].startswith("error: ") and cases[case][2] in lines[0], (case, stderr)
+
+
+def test_a_closed_stdout_pipe_ends_quietly_like_head_expects(own_ports: dict[str, str]) -> None:
+    sample = _spawn("sample.py", "-m", "Plan a 3-day trip to Tokyo", env=cli_environment(**own_ports))
+    assert sample.stdout is not None and sample.stderr is not None
+    first_lines = [sample.stdout.readline(), sample.stdout.readline()]  # `| head -2`
+    sample.stdout.close()
+    stderr = sample.stderr.read()
+    sample.wait(timeout=30)
+
+    assert first_lines[0].startswith("# Your 3-day trip to Tokyo")
+    # 141 = 128 + SIGPIPE, what the shell reports for `seq 1000000 | head -1`; before: exit 1 and
+    # "error: BrokenPipeError: [Errno 32] Broken pipe".
+    assert sample.returncode == 141, stderr
+    assert [line for line in stderr.splitlines() if not line.startswith("[")] == [], stderr
