@@ -103,10 +103,8 @@ async def run_client(
             return await stream_turn(conversation, None, printer, args.verify)
         exit_code = EXIT_OK
         async for message in messages_to_send(args):
-            survives = (
-                "continue it with --session" if conversation.resumable_elsewhere else "it ends when this process exits"
-            )
-            announce("client", f"session {conversation.session_key} ({survives})")
+            note = "continue it with --session" if conversation.resumable_elsewhere else "ends when this process exits"
+            announce("client", f"session {conversation.session_key} ({note})")
             exit_code = await stream_turn(conversation, message, printer, args.verify)
             if exit_code != EXIT_OK:
                 break

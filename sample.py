@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             worker = get_worker(settings, services)
             callback = setup_worker(worker, settings, services)
             worker.start()
-            stack.callback(stop_worker, worker, callback)  # at exit, before the services stop
+            stack.callback(stop_worker, worker, callback, services)  # at exit, before the services stop
 
             # 3. The client (client.py): start the run without waiting, then tail its answer.
             return asyncio.run(run_client(args, settings, services, conversation))

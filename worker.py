@@ -36,7 +36,7 @@ from redis_stream_response_handler import RedisStreamResponseHandler
 from reliability.cancellation import CancelWatcher, cancel_reason
 from reliability.reporting_agent import ReportingAgent, is_run_started, remember_run
 from reliability.shutdown import quiet_worker_logger, stop_worker
-from reliability.write_behind import RunStreamWriter, StreamFlusher
+from reliability.write_behind import ABANDONED, RunStreamWriter, StreamFlusher
 from support.console import EXIT_OK, announce, run_entry_point, setup_logging
 from support.environment import Settings, check_environment
 from support.scheduler import scheduler_connection
@@ -78,9 +78,9 @@ class RedisStreamCallback:
         writer = self._writers.pop(context.correlation_id, None) or self._new_writer(context)
         await writer.finish(error=f"{type(error).__name__}: {error}")
 
-    async def aclose(self) -> None:
+    async def aclose(self, abandon_reason: str | None = ABANDONED) -> None:
         if self._flusher is not None:
-            await self._flusher.aclose()  # unfinished runs (a stopping worker) end with an error marker
+            await self._flusher.aclose(abandon_reason)  # a stopping worker's unfinished runs stop too
 
     def _new_writer(self, context: AgentCallbackContext) -> RunStreamWriter:
         if not context.session_id:
@@ -136,7 +136,7 @@ def main() -> int:
         announce("worker", "TravelPlanner is ready; press Ctrl+C to stop")
         wait_for_shutdown_signal()
         announce("worker", "stopping")
-        stop_worker(worker, callback)  # runs still going after a moment end with an error marker
+        stop_worker(worker, callback, services)  # runs still going after a moment are abandoned
     return EXIT_OK
 
 

@@ -216,20 +216,25 @@ class StreamFlusher:
     def wake(self) -> None:
         self._wakeup.set()
 
-    async def aclose(self, abandon_reason: str = ABANDONED) -> None:
-        """End every unfinished run (error marker, task cancelled), write what is pending, close the client.
+    async def aclose(self, abandon_reason: str | None = ABANDONED) -> None:
+        """Stop every unfinished run (its task cancelled) and close the client: a worker is stopping.
 
-        What cannot be written within FINAL_WRITE_SECONDS stays unwritten: a worker stops promptly.
+        With an `abandon_reason`, each unfinished run's stream ends with an error marker saying it,
+        after what was queued (within FINAL_WRITE_SECONDS: a worker stops promptly). Without, the
+        runs just stop: a scheduler that outlives this worker delivers them again, and the new
+        attempt replaces this one for readers.
         """
         unfinished = [writer for writer in self._writers if not writer.finished]
-        markers = [asyncio.ensure_future(writer.finish(error=abandon_reason)) for writer in unfinished]
         for writer in unfinished:
             if writer.run_task is not None and writer.run_task is not asyncio.current_task():
                 writer.run_task.cancel()
-        if markers:
+        if abandon_reason is not None and unfinished:
+            markers = [asyncio.ensure_future(writer.finish(error=abandon_reason)) for writer in unfinished]
             _, late = await asyncio.wait(markers, timeout=FINAL_WRITE_SECONDS)
             for marker in late:
                 marker.cancel()
+        if self._task is not None:
+            self._task.cancel()  # no heartbeats for runs that stopped
         await self.handler.aclose()
 
     async def _flush_forever(self) -> None:

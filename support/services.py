@@ -54,6 +54,8 @@ class Services:
     scheduler_endpoint: str  # http://host:port (insecure) or https://... (Azure, TLS)
     redis_url: str
     started_here: bool = False  # True when this process runs (and will stop) the scheduler or Redis
+    # True when the scheduler stops with this process: nothing can deliver a stopped worker's runs again.
+    scheduler_started_here: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ def provide_services(settings: Settings, stack: ExitStack, role: Role, *, resumi
             announce(component, plan.announcement)
     redis_url = redis_plan.url or _start_private_redis(redis_plan.port, stack)
     endpoint = scheduler_plan.url or _start_embedded_scheduler(scheduler_plan.port, stack, role)
-    started_here = redis_plan.url is None or scheduler_plan.url is None
-    return Services(endpoint, redis_url, started_here=started_here)
+    scheduler_here = scheduler_plan.url is None
+    return Services(endpoint, redis_url, redis_plan.url is None or scheduler_here, scheduler_here)
 
 
 def _plan_scheduler(settings: Settings, role: Role) -> _Plan:

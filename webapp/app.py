@@ -83,7 +83,7 @@ def start_worker_in_process(settings: Settings, services: Services, stack: ExitS
     worker = get_worker(settings, services)
     callback = setup_worker(worker, settings, services)
     worker.start()
-    stack.callback(stop_worker, worker, callback)
+    stack.callback(stop_worker, worker, callback, services)
 
 
 class BadRequestError(Exception):

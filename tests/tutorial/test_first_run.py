@@ -90,7 +90,7 @@ def test_ctrl_c_in_sample_stops_everything_with_one_status_line(
     sample.press_ctrl_c()
 
     assert sample.wait(timeout=15) == 130, sample.output
-    assert "(it ends when this process exits)" in sample.output  # not "continue it with --session"
+    assert "(ends when this process exits)" in sample.output  # not "continue it with --session"
     lines = _status_lines_after_ctrl_c(sample.output)
     # Before: the private Redis died of the same Ctrl+C, and the worker logged failed writes.
     assert len(lines) == 1 and lines[0].startswith("[client] interrupted"), sample.output
