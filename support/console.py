@@ -10,6 +10,7 @@ single place that maps an outcome to an exit status:
 
 from __future__ import annotations
 
+import _thread
 import functools
 import logging
 import os
@@ -55,12 +56,13 @@ def fail(message: str, exit_code: int = EXIT_USAGE) -> int:
     return exit_code
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM: the same clean stop as Ctrl+C (services stopped in order), reported as exit 143."""
+_terminated = threading.Event()
 
 
 def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
+    """SIGTERM: exactly what Ctrl+C does (asyncio cancels its task first, then KeyboardInterrupt), exit 143."""
+    _terminated.set()
+    _thread.interrupt_main(signal.SIGINT)
 
 
 def run_entry_point(body: Callable[[], int], *, resume_hint: Callable[[], str] | None = None) -> int:
@@ -87,10 +89,10 @@ def _run(body: Callable[[], int], resume_hint: Callable[[], str] | None) -> int:
     except NothingSent:
         print("\n[client] stopped at the prompt; nothing was sent", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt as interrupt:
+    except KeyboardInterrupt:
         if resume_hint is not None:
             print(f"\n[client] {resume_hint()}", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+        return EXIT_TERMINATED if _terminated.is_set() else EXIT_INTERRUPTED
     except grpc.RpcError as error:
         return fail(f"the scheduler failed the request: {error.code().name} {error.details()}", EXIT_RUN_FAILED)  # type: ignore[attr-defined]
     except RedisError as error:
