@@ -102,8 +102,9 @@ async def run_client(
         if args.cursor is not None:
             return await stream_turn(conversation, None, printer, args.verify)
         exit_code = EXIT_OK
-        for message in messages_to_send(args):
-            announce("client", f"session {conversation.session_key} (continue it with --session)")
+        async for message in messages_to_send(args):
+            note = "continue it with --session" if conversation.resumable_elsewhere else "ends when this process exits"
+            announce("client", f"session {conversation.session_key} ({note})")
             exit_code = await stream_turn(conversation, message, printer, args.verify)
             if exit_code != EXIT_OK:
                 break

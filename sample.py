@@ -15,10 +15,9 @@ import asyncio
 import sys
 from contextlib import ExitStack
 
-from agent_framework_durabletask import run_agent_coroutine
-
 from client import Conversation, resume_hint, run_client
 from reliability.crash_demo import run_crash_demo
+from reliability.shutdown import stop_worker
 from support.cli import build_parser, validate_arguments
 from support.console import run_entry_point, setup_logging
 from support.environment import check_environment
@@ -39,14 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = check_environment()
         with ExitStack() as stack:  # stops, in reverse order, everything started below
             # 1. Services: the scheduler and Redis you configured, or embedded ones (each announced).
-            services = provide_services(settings, stack, role="sample")
+            services = provide_services(settings, stack, role="sample", resuming=args.session is not None)
 
             # 2. The worker (worker.py): the TravelPlanner as a durable entity, streaming to Redis.
             worker = get_worker(settings, services)
             callback = setup_worker(worker, settings, services)
             worker.start()
-            stack.callback(lambda: run_agent_coroutine(callback.aclose()))
-            stack.callback(worker.stop)
+            stack.callback(stop_worker, worker, callback, services)  # at exit, before the services stop
 
             # 3. The client (client.py): start the run without waiting, then tail its answer.
             return asyncio.run(run_client(args, settings, services, conversation))

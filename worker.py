@@ -20,22 +20,23 @@ Read next: client.py, the reading side.
 
 from __future__ import annotations
 
-import logging
+import argparse
 import os
 import sys
 from collections.abc import Mapping
 from contextlib import ExitStack
 
 from agent_framework import AgentResponse, AgentResponseUpdate
-from agent_framework_durabletask import AgentCallbackContext, DurableAIAgentWorker, run_agent_coroutine
+from agent_framework_durabletask import AgentCallbackContext, DurableAIAgentWorker
 from durabletask.azuremanaged.worker import DurableTaskSchedulerWorker
 
 from agents import create_chat_client, create_travel_agent
 from redis_stream_response_handler import RedisStreamResponseHandler
 from reliability.cancellation import CancelWatcher, cancel_reason
 from reliability.reporting_agent import ReportingAgent, is_run_started, remember_run
+from reliability.shutdown import quiet_worker_logger, stop_worker
 from reliability.worker_capacity import report_queued_runs, run_slots
-from reliability.write_behind import RunStreamWriter, StreamFlusher
+from reliability.write_behind import ABANDONED, RunStreamWriter, StreamFlusher
 from support.console import EXIT_OK, announce, run_entry_point, setup_logging
 from support.environment import Settings, check_environment
 from support.scheduler import scheduler_connection
@@ -77,9 +78,9 @@ class RedisStreamCallback:
         writer = self._writers.pop(context.correlation_id, None) or self._new_writer(context)
         await writer.finish(error=f"{type(error).__name__}: {error}")
 
-    async def aclose(self) -> None:
+    async def aclose(self, abandon_reason: str | None = ABANDONED) -> None:
         if self._flusher is not None:
-            await self._flusher.handler.aclose()
+            await self._flusher.aclose(abandon_reason)  # a stopping worker's unfinished runs stop too
 
     def _new_writer(self, context: AgentCallbackContext) -> RunStreamWriter:
         if not context.session_id:
@@ -106,7 +107,7 @@ class RedisStreamCallback:
 def get_worker(settings: Settings, services: Services) -> DurableTaskSchedulerWorker:
     """A Durable Task worker connected to the scheduler: embedded, the emulator, or Azure."""
     connection = scheduler_connection(services.scheduler_endpoint, settings.taskhub)
-    slots, logger = run_slots(settings), logging.getLogger("durabletask.worker")
+    slots, logger = run_slots(settings), quiet_worker_logger()  # quiet_worker_logger: reliability/shutdown.py
     # A thread per agent run, WORKER_MAX_CONCURRENT_RUNS of them; a run waiting for one is reported `queued`.
     worker = DurableTaskSchedulerWorker(**connection.arguments(), concurrency_options=slots, logger=logger)
     return report_queued_runs(worker, settings, services.redis_url)
@@ -124,6 +125,7 @@ def setup_worker(
 
 
 def main() -> int:
+    argparse.ArgumentParser(prog="worker.py", description="Host the TravelPlanner; stream to Redis.").parse_args()
     setup_logging()
     with ExitStack() as stack:
         settings = check_environment()
@@ -134,8 +136,7 @@ def main() -> int:
         announce("worker", "TravelPlanner is ready; press Ctrl+C to stop")
         wait_for_shutdown_signal()
         announce("worker", "stopping")
-        worker.stop()
-        run_agent_coroutine(callback.aclose())
+        stop_worker(worker, callback, services)  # runs still going after a moment are abandoned
     return EXIT_OK
 
 

@@ -28,7 +28,9 @@ redis-py (see docs/benchmarks.md). The flusher also:
 - retries a failed write with backoff, and if Redis is still unreachable counts
   the tokens it could not write and goes on: Redis trouble never fails the
   agent run, and the done marker's `chunks` lets a reader detect the gap;
-- writes a run's `done`, `error` or `cancelled` marker only after every earlier entry.
+- writes a run's `done`, `error` or `cancelled` marker only after every earlier entry;
+- on `aclose()` (a stopping worker), ends every unfinished run with an error marker
+  and cancels its task (see reliability/shutdown.py).
 
 A retried write may repeat entries that did reach Redis before the connection
 dropped (the pipeline is not a transaction, so it also works on a cluster).
@@ -70,6 +72,8 @@ logger = logging.getLogger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 WRITE_ATTEMPTS = 4
 FIRST_RETRY_DELAY_SECONDS = 0.1
+FINAL_WRITE_SECONDS = 1.0
+ABANDONED = "the worker stopped before this run finished (Ctrl+C or SIGTERM); ask again"
 
 
 class RunStreamWriter:
@@ -97,6 +101,8 @@ class RunStreamWriter:
         self.liveness = RunLiveness(flusher.max_silence_seconds)  # created on the run's task, like the writer
         self._next_sequence = 0
         self.flusher = flusher
+        # The callback runs inline in the run's own task: a stopping worker cancels it (reliability/shutdown.py).
+        self.run_task = asyncio.current_task()
         flusher.add(self)
 
     def start(self) -> None:
@@ -209,6 +215,27 @@ class StreamFlusher:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    async def aclose(self, abandon_reason: str | None = ABANDONED) -> None:
+        """Stop every unfinished run (its task cancelled) and close the client: a worker is stopping.
+
+        With an `abandon_reason`, each unfinished run's stream ends with an error marker saying it,
+        after what was queued (within FINAL_WRITE_SECONDS: a worker stops promptly). Without, the
+        runs just stop: a scheduler that outlives this worker delivers them again, and the new
+        attempt replaces this one for readers.
+        """
+        unfinished = [writer for writer in self._writers if not writer.finished]
+        for writer in unfinished:
+            if writer.run_task is not None and writer.run_task is not asyncio.current_task():
+                writer.run_task.cancel()
+        if abandon_reason is not None and unfinished:
+            markers = [asyncio.ensure_future(writer.finish(error=abandon_reason)) for writer in unfinished]
+            _, late = await asyncio.wait(markers, timeout=FINAL_WRITE_SECONDS)
+            for marker in late:
+                marker.cancel()
+        if self._task is not None:
+            self._task.cancel()  # no heartbeats for runs that stopped
+        await self.handler.aclose()
 
     async def _flush_forever(self) -> None:
         while self._writers:

@@ -8,10 +8,13 @@ pipe or a closed stdin it sends the default message and never blocks.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import TextIO
 
+from support.console import NothingSent
 from support.errors import UsageError
 from support.validation import check_message, validate_cursor, validate_session_key
 
@@ -51,7 +54,7 @@ def validate_arguments(args: argparse.Namespace) -> None:
         check_message(args.message)
 
 
-def messages_to_send(args: argparse.Namespace, stdin: TextIO = sys.stdin) -> Iterator[str]:
+async def messages_to_send(args: argparse.Namespace, stdin: TextIO = sys.stdin) -> AsyncIterator[str]:
     """The first message, then (interactive terminals only) further turns until an empty line."""
     if args.message is not None:
         yield args.message
@@ -60,18 +63,33 @@ def messages_to_send(args: argparse.Namespace, stdin: TextIO = sys.stdin) -> Ite
         yield DEFAULT_MESSAGE  # never block on a pipe or a CI job's closed stdin
         return
     first = True
-    while (line := prompt(f" [{DEFAULT_MESSAGE}]" if first else " (empty line to quit)", stdin)) is not None:
+    while (line := await prompt(f" [{DEFAULT_MESSAGE}]" if first else " (empty line to quit)", stdin)) is not None:
         if not line and not first:
             return
         yield check_message(line or DEFAULT_MESSAGE)
         first = False
 
 
-def prompt(hint: str, stdin: TextIO) -> str | None:
-    """One typed line, or None at end of input (Ctrl+D). The prompt goes to stderr: stdout is the answer."""
+async def prompt(hint: str, stdin: TextIO) -> str | None:
+    """One typed line, or None at end of input (Ctrl+D). The prompt goes to stderr: stdout is the answer.
+
+    The wait leaves the event loop free, so Ctrl+C (which cancels the running task) stops it at
+    once. A blocking `readline()` here held the loop: the first Ctrl+C went unnoticed.
+    """
     print(f"You{hint}: ", end="", file=sys.stderr, flush=True)
+    loop, descriptor = asyncio.get_running_loop(), stdin.fileno()
+    typed = loop.create_future()
+    loop.add_reader(descriptor, lambda: typed.done() or typed.set_result(None))
     try:
-        line = stdin.readline()
+        await typed
+    except asyncio.CancelledError:
+        raise NothingSent from None
+    finally:
+        loop.remove_reader(descriptor)
+    # A terminal hands over one line per read; reading the descriptor, not `stdin`, keeps lines typed
+    # ahead out of a Python buffer that the next wait for the descriptor would not see.
+    data = os.read(descriptor, 65_536)
+    try:
+        return data.decode().strip() if data else None
     except UnicodeDecodeError:
         raise UsageError("the typed text is not valid UTF-8; check your terminal's encoding") from None
-    return line.strip() if line else None

@@ -4,15 +4,19 @@ stdout carries the answer only; everything else is one line on stderr. `run_entr
 single place that maps an outcome to an exit status:
 
     0  success                 1  the run failed (Redis, the scheduler, a bug)
-    2  bad usage or config     130  interrupted (Ctrl+C)
+    2  bad usage or config     130  interrupted (Ctrl+C), 143 (SIGTERM)
+                               141  stdout closed early (`| head`): quietly, like coreutils
 """
 
 from __future__ import annotations
 
+import _thread
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +29,14 @@ EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells expect of a program stopped by Ctrl+C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+# 128 + SIGPIPE: what a shell reports for `seq 1000000 | head -1`, where the reader stopped reading.
+# Quiet, as every such tool is, and not 0: the answer was not delivered in full (`set -o pipefail`).
+EXIT_STDOUT_CLOSED = 141
+
+
+class NothingSent(KeyboardInterrupt):
+    """Ctrl+C at a prompt: the program stops at once, and no message went to the agent."""
 
 
 def announce(component: str, message: str) -> None:
@@ -44,24 +56,51 @@ def fail(message: str, exit_code: int = EXIT_USAGE) -> int:
     return exit_code
 
 
+_terminated = threading.Event()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM: exactly what Ctrl+C does (asyncio cancels its task first, then KeyboardInterrupt), exit 143."""
+    _terminated.set()
+    _thread.interrupt_main(signal.SIGINT)
+
+
 def run_entry_point(body: Callable[[], int], *, resume_hint: Callable[[], str] | None = None) -> int:
     """Run an entry point's body; every way it can end becomes one line and an exit status.
 
     `resume_hint` says how a reader picks up where it stopped, after Ctrl+C or a Redis failure.
+    SIGTERM stops the body like Ctrl+C does (Python's default would end the process on the spot,
+    skipping every clean-up), unless the body installs its own handler, as worker.py does.
     """
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        return _run(body, resume_hint)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _run(body: Callable[[], int], resume_hint: Callable[[], str] | None) -> int:
     try:
         return body()
     except UsageError as error:
         return fail(str(error), EXIT_USAGE)
+    except NothingSent:
+        print("\n[client] stopped at the prompt; nothing was sent", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         if resume_hint is not None:
             print(f"\n[client] {resume_hint()}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if _terminated.is_set() else EXIT_INTERRUPTED
     except grpc.RpcError as error:
         return fail(f"the scheduler failed the request: {error.code().name} {error.details()}", EXIT_RUN_FAILED)  # type: ignore[attr-defined]
     except RedisError as error:
         hint = f"; {resume_hint()}" if resume_hint is not None else ""
         return fail(f"Redis failed while streaming ({error}){hint}", EXIT_RUN_FAILED)
+    except BrokenPipeError:  # stdout's reader went away (`| head -2`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return EXIT_STDOUT_CLOSED
     except Exception as error:  # a bug or an unforeseen failure: still one line, details on request
         if os.environ.get("LOG_LEVEL", "").upper() == "DEBUG":
             raise

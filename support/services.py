@@ -57,19 +57,43 @@ class Services:
     scheduler_endpoint: str  # http://host:port (insecure) or https://... (Azure, TLS)
     redis_url: str
     started_here: bool = False  # True when this process runs (and will stop) the scheduler or Redis
+    # True when the scheduler stops with this process: nothing can deliver a stopped worker's runs again.
+    scheduler_started_here: bool = False
 
 
-def provide_services(settings: Settings, stack: ExitStack, role: Role) -> Services:
+@dataclass(frozen=True)
+class _Plan:
+    """One service, decided before anything starts: use `url` (found), or start one on `port`."""
+
+    url: str | None
+    port: int
+    announcement: str = ""
+
+
+def provide_services(settings: Settings, stack: ExitStack, role: Role, *, resuming: bool = False) -> Services:
     """Resolve (and if needed start) the scheduler and Redis for `role`.
 
-    Whatever is started here is stopped when `stack` closes.
+    Every check comes first (the variables themselves were checked by `check_environment`): a
+    configured service that does not answer, or a session that cannot exist (`resuming` a
+    conversation with a scheduler about to start empty) fails before anything starts. Whatever
+    is started here is stopped when `stack` closes.
     """
-    redis_url, started_redis = _provide_redis(settings, stack, role)
-    endpoint, started_scheduler = _provide_scheduler(settings, stack, role)
-    return Services(endpoint, redis_url, started_here=started_redis or started_scheduler)
+    redis_plan, scheduler_plan = _plan_redis(settings, role), _plan_scheduler(settings, role)
+    if resuming and scheduler_plan.url is None:
+        raise UsageError(
+            "--session continues a conversation that a running scheduler holds, but this would start a new, "
+            "empty in-memory one: run `uv run worker.py`, then `uv run client.py --session ...` (or set ENDPOINT)"
+        )
+    for plan, component in ((redis_plan, "redis"), (scheduler_plan, "scheduler")):
+        if plan.url is not None:
+            announce(component, plan.announcement)
+    redis_url = redis_plan.url or _start_private_redis(redis_plan.port, stack)
+    endpoint = scheduler_plan.url or _start_embedded_scheduler(scheduler_plan.port, stack, role)
+    scheduler_here = scheduler_plan.url is None
+    return Services(endpoint, redis_url, redis_plan.url is None or scheduler_here, scheduler_here)
 
 
-def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> tuple[str, bool]:
+def _plan_scheduler(settings: Settings, role: Role) -> _Plan:
     if settings.endpoint is not None:
         host, port = _host_port(settings.endpoint, default_port=443)
         if not port_answers(host, port):
@@ -82,11 +106,8 @@ def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> tupl
                 f"ENDPOINT={redact_url(settings.endpoint)} answers, but not as a Durable Task scheduler ({problem}); "
                 "point it at the emulator or an Azure scheduler, or unset ENDPOINT to use the embedded one"
             )
-        announce(
-            "scheduler",
-            f"using the Durable Task Scheduler at {redact_url(settings.endpoint)} (task hub {settings.taskhub!r})",
-        )
-        return settings.endpoint, False
+        using = f"using the Durable Task Scheduler at {redact_url(settings.endpoint)} (task hub {settings.taskhub!r})"
+        return _Plan(settings.endpoint, port, using)
     local_port = settings.local_scheduler_port
     if port_answers("localhost", local_port):
         if problem := scheduler_problem(f"http://localhost:{local_port}", settings.taskhub):
@@ -94,16 +115,17 @@ def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> tupl
                 f"localhost:{local_port} answers, but not as a Durable Task scheduler ({problem}); "
                 "stop what listens there, or set LOCAL_SCHEDULER_PORT to a free port"
             )
-        announce(
-            "scheduler", f"using the scheduler already listening on localhost:{local_port} (set ENDPOINT to choose)"
-        )
-        return f"http://localhost:{local_port}", False
+        using = f"using the scheduler already listening on localhost:{local_port} (set ENDPOINT to choose)"
+        return _Plan(f"http://localhost:{local_port}", local_port, using)
     if role == "client":
         raise UsageError(
             f"no scheduler answers on localhost:{local_port}: start `uv run worker.py` in another terminal "
             "(it hosts one; `uv run scheduler_server.py` hosts one that outlives workers), or set ENDPOINT"
         )
-    port = local_port if role == "worker" else free_port()
+    return _Plan(None, local_port if role == "worker" else free_port())
+
+
+def _start_embedded_scheduler(port: int, stack: ExitStack, role: Role) -> str:
     stack.enter_context(embedded_scheduler(port))
     # Hosted here, the scheduler dies with this process: nothing can deliver its runs again.
     outlive = "; run `uv run scheduler_server.py` first to survive a worker crash" if role == "worker" else ""
@@ -112,32 +134,34 @@ def _provide_scheduler(settings: Settings, stack: ExitStack, role: Role) -> tupl
         f"started the embedded in-memory Durable Task scheduler on localhost:{port} "
         f"(state is lost on exit; set ENDPOINT to use the emulator or Azure{outlive})",
     )
-    return f"http://localhost:{port}", True
+    return f"http://localhost:{port}"
 
 
-def _provide_redis(settings: Settings, stack: ExitStack, role: Role) -> tuple[str, bool]:
+def _plan_redis(settings: Settings, role: Role) -> _Plan:
     if settings.redis_url is not None:
         check_redis(settings.redis_url, "REDIS_CONNECTION_STRING")
-        announce("redis", f"using Redis at {redact_url(settings.redis_url)}")
-        return settings.redis_url, False
+        return _Plan(settings.redis_url, 0, f"using Redis at {redact_url(settings.redis_url)}")
     local_url = f"redis://localhost:{settings.local_redis_port}"
     if port_answers("localhost", settings.local_redis_port):
         check_redis(local_url, "the Redis on localhost")
-        announce("redis", f"using the Redis already listening on {local_url} (set REDIS_CONNECTION_STRING to choose)")
-        return local_url, False
+        using = f"using the Redis already listening on {local_url} (set REDIS_CONNECTION_STRING to choose)"
+        return _Plan(local_url, settings.local_redis_port, using)
     if role == "client":
         raise UsageError(
             f"no Redis answers on localhost:{settings.local_redis_port}: start `uv run worker.py` in another "
             "terminal (it starts one; so does `uv run scheduler_server.py`), or set REDIS_CONNECTION_STRING"
         )
-    port = settings.local_redis_port if role == "worker" else free_port()
+    return _Plan(None, settings.local_redis_port if role == "worker" else free_port())
+
+
+def _start_private_redis(port: int, stack: ExitStack) -> str:
     server = stack.enter_context(PrivateRedisServer(port))
     announce(
         "redis",
         f"started a private Redis server on 127.0.0.1:{port} ({server.origin}; no persistence, stops with this "
         "process; set REDIS_CONNECTION_STRING to use your own)",
     )
-    return server.url, True
+    return server.url
 
 
 def start_shared_redis(settings: Settings, stack: ExitStack) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import grpc
 from agent_framework import AgentResponse
-from agent_framework_durabletask import DurableAIAgent, DurableAIAgentClient, run_agent_coroutine
+from agent_framework_durabletask import DurableAIAgent, DurableAIAgentClient
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
@@ -53,6 +53,7 @@ from agents import AGENT_NAME
 from redis_stream_response_handler import DONE, ERROR, RESTART, START, RedisStreamResponseHandler, StreamChunk
 from reliability.durable_record import recorded_answer as recorded
 from reliability.run_tracker import QUEUED, read_run
+from reliability.shutdown import stop_worker
 from support.config import Settings
 from support.environment import check_environment
 from support.errors import UsageError
@@ -82,8 +83,7 @@ def start_worker_in_process(settings: Settings, services: Services, stack: ExitS
     worker = get_worker(settings, services)
     callback = setup_worker(worker, settings, services)
     worker.start()
-    stack.callback(lambda: run_agent_coroutine(callback.aclose()))
-    stack.callback(worker.stop)
+    stack.callback(stop_worker, worker, callback, services)
 
 
 class BadRequestError(Exception):

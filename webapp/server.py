@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -46,7 +47,9 @@ def serve(argv: list[str] | None) -> int:
     check_environment()  # a bad variable fails here, before anything starts (the lifespan reads them again)
     app = create_app()
     logging.getLogger("uvicorn.error").addFilter(_HideReportedStartupFailure(app))
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_config=None, access_log=False))
+    config = uvicorn.Config(app, host="127.0.0.1", port=args.port, log_config=None, access_log=False)
+    config.timeout_graceful_shutdown = 1  # open event streams must not hold Ctrl+C up
+    server = _Server(config)
     with contextlib.suppress(SystemExit):  # uvicorn exits this way when the lifespan (or binding the port) fails
         server.run()
     if app.state.startup_error is not None:
@@ -55,6 +58,17 @@ def serve(argv: list[str] | None) -> int:
 
 
 class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Workaround (uvicorn 0.54): after a clean shutdown on Ctrl+C or SIGTERM, uvicorn raises the
+        # signal again, which ends this program with a KeyboardInterrupt traceback. It stopped as
+        # asked: exit 0 with one line, like worker.py.
+        with super().capture_signals():
+            yield
+            if self._captured_signals:
+                print("[web] stopped", file=sys.stderr, flush=True)
+            self._captured_signals.clear()
+
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
         # uvicorn's own "running on" line is an INFO log, hidden at the sample's WARNING level.

@@ -15,6 +15,7 @@ Screenshot: test-artifacts/browser.png. To refresh the README's docs/web-page.pn
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -41,9 +42,14 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)"
+    ),
+    pytest.mark.skipif(  # a plain `uv run pytest` syncs the test group only; `uv sync --all-groups` adds it
+        importlib.util.find_spec("playwright") is None, reason="needs Playwright (uv sync --group dev)"
+    ),
+]
 
 
 @pytest.fixture
