@@ -46,6 +46,7 @@ STREAM_KEY_PREFIX = "agent-stream:"
 START_OF_STREAM = "0-0"  # XREAD returns ids strictly greater than this: everything
 TOKEN, START, RESTART, HEARTBEAT, DONE, ERROR = "token", "start", "restart", "heartbeat", "done", "error"
 TOOL_CALL, TOOL_RESULT, CANCELLED = "tool_call", "tool_result", "cancelled"  # reliability/activity.py, cancellation.py
+QUEUED = "queued"  # a run waiting for a free worker slot (reliability/worker_capacity.py)
 MARKERS_THAT_END_A_RUN = (DONE, ERROR, CANCELLED)
 READ_ATTEMPTS = 5
 
@@ -57,15 +58,8 @@ def stream_key(session_key: str) -> str:
 
 def entry_fields(kind: str, correlation_id: str, sequence: int, text: str = "", **extra: str | int) -> dict[str, str]:
     """The fields of one stream entry, as Redis stores them."""
-    fields = {
-        "kind": kind,
-        "text": text,
-        "sequence": str(sequence),
-        "correlation_id": correlation_id,
-        "timestamp": f"{time.time():.6f}",
-    }
-    fields.update({name: str(value) for name, value in extra.items()})
-    return fields
+    fields = {"kind": kind, "text": text, "sequence": str(sequence), "correlation_id": correlation_id}
+    return fields | {"timestamp": f"{time.time():.6f}"} | {name: str(value) for name, value in extra.items()}
 
 
 @dataclass(frozen=True)
@@ -124,12 +118,7 @@ class RedisStreamResponseHandler:
     """
 
     def __init__(
-        self,
-        client: AsyncRedis,
-        *,
-        ttl_seconds: int = 600,
-        max_length: int = 10_000,
-        idle_timeout_seconds: float = 20.0,
+        self, client: AsyncRedis, *, ttl_seconds: int = 600, max_length: int = 10_000, idle_timeout_seconds: float = 20
     ) -> None:
         self.redis, self.ttl_seconds, self.max_length = client, ttl_seconds, max_length
         self.idle_timeout_seconds = idle_timeout_seconds

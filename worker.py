@@ -88,18 +88,13 @@ class RedisStreamCallback:
         if self._flusher is None:
             # Created on first use, on the agent's event loop: a redis.asyncio client belongs to
             # the loop it first runs on, and this one serves every run of this worker.
+            settings = self._settings
             handler = RedisStreamResponseHandler.from_url(
-                self._redis_url,
-                ttl_seconds=self._settings.stream_ttl_seconds,
-                max_length=self._settings.stream_max_length,
+                self._redis_url, ttl_seconds=settings.stream_ttl_seconds, max_length=settings.stream_max_length
             )
             self._flusher = StreamFlusher(handler, max_silence_seconds=self._settings.max_silence_seconds)
-        writer = RunStreamWriter(
-            self._flusher,
-            context.session_id,
-            context.correlation_id,
-            heartbeat_seconds=self._settings.heartbeat_seconds,
-        )
+        heartbeat = self._settings.heartbeat_seconds
+        writer = RunStreamWriter(self._flusher, context.session_id, context.correlation_id, heartbeat_seconds=heartbeat)
         writer.start()  # the run's start marker, naming this worker
         return writer
 

@@ -21,6 +21,7 @@ from redis_stream_response_handler import (
     ERROR,
     HEARTBEAT,
     MARKERS_THAT_END_A_RUN,
+    QUEUED,
     RESTART,
     START,
     START_OF_STREAM,
@@ -35,9 +36,6 @@ from reliability.resume_point import ResumePoint, resume_point
 
 # Entries numbered by the run's one sequence counter: a reader drops repeats and counts gaps among them.
 NUMBERED_KINDS = (TOKEN, TOOL_CALL, TOOL_RESULT)
-
-# The entry kind reliability/worker_capacity.py writes while a run waits for a free worker slot.
-QUEUED = "queued"
 
 
 async def read_run(

@@ -38,8 +38,7 @@ from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.worker import ConcurrencyOptions, TaskHubGrpcWorker
 from redis.exceptions import RedisError
 
-from redis_stream_response_handler import RedisStreamResponseHandler, entry_fields
-from reliability.run_tracker import QUEUED
+from redis_stream_response_handler import QUEUED, RedisStreamResponseHandler, entry_fields
 from reliability.write_behind import WORKER_NAME
 from support.config import Settings
 from support.validation import validate_session_key

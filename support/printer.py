@@ -19,13 +19,13 @@ from redis_stream_response_handler import (
     CANCELLED,
     DONE,
     ERROR,
+    QUEUED,
     RESTART,
     START,
     TOOL_CALL,
     TOOL_RESULT,
     StreamChunk,
 )
-from reliability.run_tracker import QUEUED
 from support.console import announce
 from support.tool_status import ToolStatus
 

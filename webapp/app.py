@@ -50,9 +50,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from agents import AGENT_NAME
-from redis_stream_response_handler import DONE, ERROR, RESTART, START, RedisStreamResponseHandler, StreamChunk
+from redis_stream_response_handler import DONE, ERROR, QUEUED, RESTART, START, RedisStreamResponseHandler, StreamChunk
 from reliability.durable_record import recorded_answer as recorded
-from reliability.run_tracker import QUEUED, read_run
+from reliability.run_tracker import read_run
 from reliability.shutdown import stop_worker
 from support.config import Settings
 from support.environment import check_environment

@@ -15,8 +15,8 @@ from agent_framework_durabletask import DurableAIAgentClient
 
 from agents import AGENT_NAME
 from client import start_run
-from redis_stream_response_handler import DONE, START, RedisStreamResponseHandler, StreamChunk
-from reliability.run_tracker import QUEUED, RunTracker, read_run
+from redis_stream_response_handler import DONE, QUEUED, START, RedisStreamResponseHandler, StreamChunk
+from reliability.run_tracker import RunTracker, read_run
 from support.config import Settings, load_settings
 from support.scheduler import connect_client
 from support.services import Services, embedded_scheduler, free_port
