@@ -33,7 +33,9 @@ def run_with(script: str, name: str, value: str) -> subprocess.CompletedProcess[
     # Free local ports: past the check, every entry point but client.py would start (and announce) services.
     env = cli_environment(LOCAL_SCHEDULER_PORT=str(free_port()), LOCAL_REDIS_PORT=str(free_port()))
     env[name] = value
-    arguments = ["--port", str(free_port())] if script in ("web.py", "scheduler_server.py") else ["-m", "hi"]
+    arguments = {"web.py": ["--port", str(free_port())], "scheduler_server.py": ["--port", str(free_port())]}
+    arguments |= {"worker.py": []}  # worker.py takes no options but --help
+    arguments = arguments.get(script, ["-m", "hi"])
     return run_cli(script, *arguments, env=env, timeout=90)
 
 
