@@ -2,7 +2,7 @@
 
 Not part of the default run (about two minutes). Run it with:
 
-    uv run pytest -m soak -s
+    uv run pytest -m soak -s -n 0
 
 It prints the figures: runs, interruptions, tokens checked, lost, duplicated.
 """
