@@ -42,7 +42,6 @@ class Terminal:
         )  # fmt: skip
         os.close(follower)
         self._output = b""
-        self.interrupted_at: float | None = None
 
     @property
     def output(self) -> str:
@@ -59,7 +58,6 @@ class Terminal:
         os.write(self._leader, text.encode())
 
     def press_ctrl_c(self) -> None:
-        self.interrupted_at = time.monotonic()
         os.write(self._leader, b"\x03")
 
     def wait(self, timeout: float = 30) -> int:
@@ -68,10 +66,6 @@ class Terminal:
         while self._read(deadline - time.monotonic()):
             pass
         return self.process.wait(timeout=max(deadline - time.monotonic(), 1))
-
-    def seconds_since_ctrl_c(self) -> float:
-        assert self.interrupted_at is not None
-        return time.monotonic() - self.interrupted_at
 
     def close(self) -> None:
         if self.process.poll() is None:
