@@ -39,7 +39,8 @@ _AFTER_USERINFO = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=\[\]:-]*(?:[/?#]|\Z)")
 # Query parameters that carry secrets (?password=..., ?token=..., ?api_key=...): their values are hidden.
 _SECRET_PARAMETER = re.compile(
     # Not plain `auth`: REDIS_CONNECTION_STRING's `?auth=entra-id` names a method, not a secret.
-    r"([?&;][^=&;#]*(?:pass|pwd|secret|token|key|credential|authoriz|sig)[^=&;#]*=)[^&;#]*", re.I
+    r"([?&;][^=&;#]*(?:pass|pwd|secret|token|key|credential|authoriz|sig)[^=&;#]*=)[^&;#]*",
+    re.I,
 )
 _ASCII_WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
 _ASCII_DECIMAL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?|\.[0-9]{1,9}")
