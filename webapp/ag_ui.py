@@ -37,7 +37,6 @@ from agent_framework import AgentResponse
 from agent_framework_durabletask import DurableAIAgent
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 from pydantic import ValidationError
-from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -50,6 +49,7 @@ from support.errors import UsageError
 from support.sessions import correlation_id_of, session_for
 from support.validation import message_problem, validate_session_key
 from webapp.ag_ui_events import RunEvents, event_id_order, sse_frame
+from webapp.stream_budget import BudgetedEventSourceResponse, StreamBudget, too_many_streams
 
 PATH = "/ag-ui/TravelPlanner"
 RUN_KEY_PREFIX = "ag-ui-run:"
@@ -84,12 +84,16 @@ class RunRecord:
 
 async def run_agent(request: Request) -> Response:
     """Check the RunAgentInput, start the durable run without waiting, stream its events."""
+    budget: StreamBudget = request.app.state.stream_budget
+    if not budget.try_open():  # checked first: a refused stream starts no run
+        return too_many_streams(budget)
     try:
         thread_id, run_id, message = await _checked_input(request)
         record = await _start_run(request.app, thread_id, run_id, message)
     except RejectedError as error:
+        budget.close()
         return JSONResponse({"error": str(error)}, status_code=error.status_code)
-    return EventSourceResponse(_frames(request.app, record, after=None), ping=PING_SECONDS)
+    return BudgetedEventSourceResponse(_frames(request.app, record, after=None), ping=PING_SECONDS, budget=budget)
 
 
 async def resume_run(request: Request) -> Response:
@@ -102,7 +106,12 @@ async def resume_run(request: Request) -> Response:
         record = await _load_record(request.app, thread_id, run_id)
     except RejectedError as error:
         return JSONResponse({"error": str(error)}, status_code=error.status_code)
-    return EventSourceResponse(_frames(request.app, record, after, retry=True), ping=PING_SECONDS)
+    budget: StreamBudget = request.app.state.stream_budget
+    if not budget.try_open():
+        return too_many_streams(budget)
+    return BudgetedEventSourceResponse(
+        _frames(request.app, record, after, retry=True), ping=PING_SECONDS, budget=budget
+    )
 
 
 ROUTES = [Route(PATH, run_agent, methods=["POST"]), Route(PATH + "/{thread_id}/runs/{run_id}", resume_run)]
@@ -217,7 +226,7 @@ async def _frames(
     When the client disconnects, sse-starlette cancels this generator while it waits in XREAD
     BLOCK; the run goes on in the worker, and a resume picks it up where this one stopped.
     """
-    handler: RedisStreamResponseHandler = app.state.handler
+    handler: RedisStreamResponseHandler = app.state.readers  # the pool the stream budget sizes
     events = RunEvents(thread_id=record.thread_id, run_id=record.run_id)
     app.state.active_streams += 1
     try:

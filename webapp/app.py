@@ -65,7 +65,7 @@ from webapp import ag_ui
 from webapp.activity_events import activity_event
 from webapp.cancel import cancel_run
 from webapp.guards import RequestGuard
-from webapp.stream_budget import RETRY_AFTER_SECONDS, BudgetedEventSourceResponse, StreamBudget, reader_handler
+from webapp.stream_budget import BudgetedEventSourceResponse, StreamBudget, reader_handler, too_many_streams
 from worker import get_worker, setup_worker
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -203,11 +203,7 @@ async def stream_events(request: Request) -> Response:
         raise BadRequestError(f"correlation_id must be letters, digits and '-' (got {correlation_id!r})")
     budget: StreamBudget = request.app.state.stream_budget
     if not budget.try_open():
-        return JSONResponse(
-            {"error": f"too many open streams (the limit is {budget.limit}, WEB_MAX_STREAMS); retry shortly"},
-            status_code=503,
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return too_many_streams(budget)
     events = sse_events(request.app, session_key, cursor, correlation_id)
     return BudgetedEventSourceResponse(events, ping=PING_SECONDS, budget=budget)
 

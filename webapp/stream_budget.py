@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
 from sse_starlette import EventSourceResponse
+from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from redis_stream_response_handler import RedisStreamResponseHandler
+from support.redis_connection import async_client
 from support.redis_quirks import socket_timeout_outlasting
 
 RETRY_AFTER_SECONDS = 5
@@ -42,9 +43,18 @@ class StreamBudget:
         self.open -= 1
 
 
+def too_many_streams(budget: StreamBudget) -> JSONResponse:
+    """503 with Retry-After: every stream the budget allows is open (nothing was started)."""
+    return JSONResponse(
+        {"error": f"too many open streams (the limit is {budget.limit}, WEB_MAX_STREAMS); retry shortly"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def reader_handler(redis_url: str, budget: StreamBudget, idle_timeout_seconds: float) -> RedisStreamResponseHandler:
     """A stream handler whose pool has exactly one connection per stream the budget allows."""
-    client = aioredis.Redis.from_url(
+    client = async_client(  # Redis or RedisCluster, with Entra ID if configured (support/redis_connection.py)
         redis_url,
         decode_responses=True,
         socket_connect_timeout=5,

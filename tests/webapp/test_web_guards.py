@@ -17,10 +17,13 @@ from contextlib import ExitStack
 
 import httpx
 import pytest
+import redis
 
 from support.config import Settings
 from support.services import Services
+from tests.webapp.test_ag_ui import AG_UI, run_input
 from tests.webapp.test_web import RUN, STREAM, Server, eventually, serve
+from webapp.ag_ui import record_key
 from webapp.guards import MAX_BODY_BYTES
 
 BUDGET = 2
@@ -119,6 +122,20 @@ async def test_waiting_for_recorded_answers_does_not_hold_up_new_runs(http: http
     for poll in polls:  # each would end in a 404 after 5 s; no need to wait for that
         poll.cancel()
     await asyncio.gather(*polls, return_exceptions=True)
+
+
+async def test_ag_ui_streams_count_against_the_same_budget_and_a_refused_one_starts_nothing(
+    http: httpx.AsyncClient, redis_url: str
+) -> None:
+    async with AsyncExitStackOfStreams(http) as streams:
+        for _ in range(BUDGET):
+            assert (await streams.open("budget-ag-ui")).status_code == 200
+        refused = await http.post(AG_UI, json=run_input("budget-ag-ui-thread", "run-1"))
+        assert refused.status_code == 503 and refused.headers["Retry-After"].isdigit()
+        with redis.Redis.from_url(redis_url) as client:  # the app's own client belongs to the server's loop
+            assert client.exists(record_key("budget-ag-ui-thread", "run-1")) == 0
+        resumed = await http.get(f"{AG_UI}/budget-ag-ui-thread/runs/run-1")
+        assert resumed.status_code in (404, 503)  # unknown run (nothing was started), or still over budget
 
 
 class AsyncExitStackOfStreams:
