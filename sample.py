@@ -1,7 +1,7 @@
 """The whole pattern in one process: a durable worker and a streaming client, nothing to configure.
 
-    uv run sample.py
-    uv run sample.py -m "Plan a 2-day trip to Paris" --json
+    uv run sample.py -m "Plan a 2-day trip to Paris"
+    uv run sample.py --crash-demo     # a worker killed mid-answer, its run delivered to another
 
 It takes client.py's flags. With nothing configured it starts the embedded scheduler, a private Redis
 and the offline demo model, each announced (`.env.example` lists the alternatives); all stop on exit.
