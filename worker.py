@@ -11,7 +11,7 @@ How a token travels:
       └─ runs the agent with stream=True and awaits, per update,
          RedisStreamCallback.on_streaming_response_update(update, context)
            └─ RunStreamWriter.append_update(...)      tokens + tool calls/results; returns at once (write-behind)
-                └─ StreamFlusher: XADD agent-stream:{context.session_id} ...
+                └─ StreamFlusher, on its own thread: XADD agent-stream:{context.session_id} ...
 
 `context.session_id` is the entity key: on the client, `session.durable_session_id.key` (support/sessions.py).
 
@@ -31,14 +31,15 @@ from agent_framework_durabletask import AgentCallbackContext, DurableAIAgentWork
 from durabletask.azuremanaged.worker import DurableTaskSchedulerWorker
 
 from agents import create_chat_client, create_travel_agent
-from redis_stream_response_handler import RedisStreamResponseHandler
 from reliability.cancellation import CancelWatcher, cancel_reason
+from reliability.flusher_thread import start_flusher_thread
 from reliability.reporting_agent import ReportingAgent, is_run_started, remember_run
 from reliability.shutdown import quiet_worker_logger, stop_worker
 from reliability.worker_capacity import report_queued_runs, run_slots
 from reliability.write_behind import ABANDONED, RunStreamWriter, StreamFlusher
 from support.console import EXIT_OK, announce, run_entry_point, setup_logging
 from support.environment import Settings, check_environment
+from support.gc_pauses import freeze_startup_objects
 from support.scheduler import scheduler_connection
 from support.services import Services, provide_services, wait_for_shutdown_signal
 
@@ -79,20 +80,15 @@ class RedisStreamCallback:
         await writer.finish(error=f"{type(error).__name__}: {error}")
 
     async def aclose(self, abandon_reason: str | None = ABANDONED) -> None:
+        self._stops.close()  # its polls read through the flusher's Redis client
         if self._flusher is not None:
             await self._flusher.aclose(abandon_reason)  # a stopping worker's unfinished runs stop too
 
     def _new_writer(self, context: AgentCallbackContext) -> RunStreamWriter:
         if not context.session_id:
             raise RuntimeError("the callback context has no session_id: cannot name the stream")
-        if self._flusher is None:
-            # Created on first use, on the agent's event loop: a redis.asyncio client belongs to
-            # the loop it first runs on, and this one serves every run of this worker.
-            settings = self._settings
-            handler = RedisStreamResponseHandler.from_url(
-                self._redis_url, ttl_seconds=settings.stream_ttl_seconds, max_length=settings.stream_max_length
-            )
-            self._flusher = StreamFlusher(handler, max_silence_seconds=self._settings.max_silence_seconds)
+        if self._flusher is None:  # one for every run, on a thread of its own: reliability/flusher_thread.py
+            self._flusher = start_flusher_thread(self._redis_url, self._settings)
         heartbeat = self._settings.heartbeat_seconds
         writer = RunStreamWriter(self._flusher, context.session_id, context.correlation_id, heartbeat_seconds=heartbeat)
         writer.start()  # the run's start marker, naming this worker
@@ -127,6 +123,7 @@ def main() -> int:
         services = provide_services(settings, stack, role="worker")  # found, or started and announced
         worker = get_worker(settings, services)
         callback = setup_worker(worker, settings, services)
+        freeze_startup_objects()  # shorter garbage-collector pauses while runs stream: support/gc_pauses.py
         worker.start()
         announce("worker", "TravelPlanner is ready; press Ctrl+C to stop")
         wait_for_shutdown_signal()

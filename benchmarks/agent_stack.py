@@ -49,7 +49,7 @@ def agent_stack(
     settings = load_settings({})
     services = Services(scheduler_endpoint=f"http://localhost:{port}", redis_url=redis_url)
     with ExitStack() as stack:
-        stack.enter_context(embedded_scheduler(port))
+        scheduler = stack.enter_context(embedded_scheduler(port))
         worker = get_worker(replace(settings, worker_max_concurrent_runs=max_concurrent_runs), services)
         callback = setup_worker(
             worker, replace(settings), services, environ={"DEMO_MODEL_TOKEN_DELAY_MS": str(token_delay_ms)}
@@ -57,6 +57,7 @@ def agent_stack(
         worker.start()
         stack.callback(lambda: run_agent_coroutine(callback.aclose()))
         stack.callback(worker.stop)
+        stack.callback(scheduler.wait_until_idle, 5.0)  # first: the last runs report complete before the stop
         agent = DurableAIAgentClient(connect_client(services.scheduler_endpoint, settings.taskhub)).get_agent(
             AGENT_NAME
         )

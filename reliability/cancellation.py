@@ -50,7 +50,7 @@ from redis_stream_response_handler import (
     stream_key,
 )
 from reliability.durable_record import recorded_state
-from reliability.write_behind import RunStreamWriter
+from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.config import Settings
 from support.console import EXIT_OK, EXIT_RUN_FAILED, announce, fail
 from support.errors import UsageError
@@ -280,7 +280,7 @@ class CancelWatcher:
     def __init__(self, poll_seconds: float = POLL_SECONDS) -> None:
         self.poll_seconds = poll_seconds
         self._signals: list[CancelSignal] = []
-        self._handler: RedisStreamResponseHandler | None = None
+        self._flusher: StreamFlusher | None = None  # its Redis client, on its loop (see `_read_requests`)
         self._task: asyncio.Task[None] | None = None
         self._failing = False  # a Redis error is logged once, not at every poll
 
@@ -290,7 +290,7 @@ class CancelWatcher:
         Called on the worker's event loop, when the run starts.
         """
         signal = CancelSignal(writer.session_key, writer.correlation_id, self)
-        self._handler = writer.flusher.handler
+        self._flusher = writer.flusher
         self._signals.append(signal)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._poll())
@@ -299,6 +299,12 @@ class CancelWatcher:
     def forget(self, signal: CancelSignal) -> None:
         if signal in self._signals:
             self._signals.remove(signal)
+
+    def close(self) -> None:
+        """Stop polling, before the flusher whose Redis client the polls use is closed."""
+        self._signals.clear()
+        if self._task is not None:
+            self._task.cancel()
 
     async def _poll(self) -> None:
         while self._signals:
@@ -317,13 +323,19 @@ class CancelWatcher:
                     signal.request(str(request.get("reason") or "cancelled"))
 
     async def _read_requests(self, signals: Sequence[CancelSignal]) -> list[dict[str, object] | None]:
-        assert self._handler is not None
-        # A pipeline, not MGET: the keys may live on different cluster nodes.
-        async with self._handler.redis.pipeline(transaction=False) as pipe:
-            for signal in signals:
-                pipe.get(cancel_key(signal.session_key))
-            values = await pipe.execute()
+        assert self._flusher is not None
+        keys = [cancel_key(signal.session_key) for signal in signals]
+        # The flusher's client lives on the flusher's loop (a thread of its own in the worker): read there.
+        values = await self._flusher.run(_get_all(self._flusher.handler, keys))
         return [_parse_request(value) for value in values]
+
+
+async def _get_all(handler: RedisStreamResponseHandler, keys: Sequence[str]) -> list[object]:
+    # A pipeline, not MGET: the keys may live on different cluster nodes.
+    async with handler.redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.get(key)
+        return await pipe.execute()
 
 
 def _parse_request(value: object) -> dict[str, object] | None:

@@ -32,6 +32,11 @@ redis-py (see docs/benchmarks.md). The flusher also:
 - on `aclose()` (a stopping worker), ends every unfinished run with an error marker
   and cancels its task (see reliability/shutdown.py).
 
+The flusher runs on the event loop it is given: the caller's by default, or, in the worker,
+a loop on a thread of its own (reliability/flusher_thread.py), so that a burst of agent work
+on the agents' loop cannot hold tokens back. Writers may live on another thread than their
+flusher: they hand entries over under a lock and wake it with `call_soon_threadsafe`.
+
 A retried write may repeat entries that did reach Redis before the connection
 dropped (the pipeline is not a transaction, so it also works on a cluster).
 Readers skip them: tokens and tool entries by sequence number, start markers by `attempt` id.
@@ -46,8 +51,12 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from agent_framework import AgentResponseUpdate, UsageDetails
 from redis.exceptions import RedisError
@@ -68,6 +77,7 @@ from reliability.run_liveness import DEFAULT_MAX_SILENCE_SECONDS, RunLiveness
 from reliability.run_tracker import NUMBERED_KINDS, read_run
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 WRITE_ATTEMPTS = 4
@@ -93,16 +103,18 @@ class RunStreamWriter:
         self.streamed_text: list[str] = []  # the text readers have been sent, to compare with the final answer
         self.activity = RunActivity()  # the run's tool calls and usage, from its updates
         self.tokens_lost = 0  # tokens and tool entries the flusher could not write
-        self.pending: list[dict[str, str]] = []
+        self.pending: list[dict[str, str]] = []  # guarded by _pending_lock: the flusher may be on another thread
         self.last_activity = time.monotonic()
         self.last_expire = float("-inf")
-        self.finished = False  # the final marker is queued: nothing more is accepted
-        self.written = asyncio.Event()  # ... and the flusher has written it
+        self.finished = False  # the final marker is queued: nothing more is accepted (set under _pending_lock)
+        self.written: Future[None] = Future()  # ... and the flusher has written it (awaitable from any loop)
         self.liveness = RunLiveness(flusher.max_silence_seconds)  # created on the run's task, like the writer
         self._next_sequence = 0
+        self._pending_lock = threading.Lock()
         self.flusher = flusher
         # The callback runs inline in the run's own task: a stopping worker cancels it (reliability/shutdown.py).
         self.run_task = asyncio.current_task()
+        self.run_loop = asyncio.get_running_loop()
         flusher.add(self)
 
     def start(self) -> None:
@@ -142,29 +154,42 @@ class RunStreamWriter:
         The done and cancelled markers carry the run's usage: what the updates reported, else `usage`
         (the final response's, e.g. of an answer the host produced without streaming).
         """
-        if not self.finished:
-            for kind, fields in self.activity.flush():  # tool calls whose arguments never completed
-                self._append_entry(kind, fields)
-            counts = usage_fields(self.activity.usage or usage)
-            if error is not None:
-                marker = entry_fields(ERROR, self.correlation_id, self._next_sequence, error=error)
-            elif cancelled is not None:
-                marker = entry_fields(CANCELLED, self.correlation_id, self._next_sequence, reason=cancelled, **counts)
-            else:
-                marker = entry_fields(
-                    DONE, self.correlation_id, self._next_sequence, chunks=self._next_sequence, **counts
-                )
-            self._enqueue(marker)
-            self.finished = True
-        await self.written.wait()
+        self.queue_final_marker(error, usage=usage, cancelled=cancelled)
+        # Shielded: a cancelled run must not cancel the flusher's `written`, which it still sets.
+        await asyncio.shield(asyncio.wrap_future(self.written))
+
+    def queue_final_marker(
+        self, error: str | None = None, *, usage: UsageDetails | None = None, cancelled: str | None = None
+    ) -> None:
+        """`finish` without the wait: the marker is queued (once; later calls do nothing)."""
+        if self.finished:
+            return
+        for kind, fields in self.activity.flush():  # tool calls whose arguments never completed
+            self._append_entry(kind, fields)
+        counts = usage_fields(self.activity.usage or usage)
+        if error is not None:
+            marker = entry_fields(ERROR, self.correlation_id, self._next_sequence, error=error)
+        elif cancelled is not None:
+            marker = entry_fields(CANCELLED, self.correlation_id, self._next_sequence, reason=cancelled, **counts)
+        else:
+            marker = entry_fields(DONE, self.correlation_id, self._next_sequence, chunks=self._next_sequence, **counts)
+        self._enqueue(marker, final=True)
 
     @property
     def streamed(self) -> str:
         return "".join(self.streamed_text)
 
-    def take_pending(self) -> list[dict[str, str]]:
-        batch, self.pending = self.pending, []
-        return batch
+    def take_pending(self) -> tuple[list[dict[str, str]], bool]:
+        """The entries queued so far, and whether the final marker is among them."""
+        with self._pending_lock:
+            batch, self.pending = self.pending, []
+            return batch, self.finished
+
+    def cancel_run(self) -> None:
+        """Cancel the run's task, from any thread (a stopping worker)."""
+        if self.run_task is not None and self.run_task is not _current_task_or_none():
+            with contextlib.suppress(RuntimeError):  # its loop has closed: the run is over anyway
+                self.run_loop.call_soon_threadsafe(self.run_task.cancel)
 
     def add_heartbeat_if_silent(self, now: float) -> None:
         """A heartbeat when the run is silent but alive; an error marker when it can no longer end its stream."""
@@ -173,8 +198,7 @@ class RunStreamWriter:
         reason = self.liveness.reason_to_end(now)
         if reason is not None:  # a heartbeat would tell readers to go on waiting for a run that will never end
             logger.error("run %s: %s", self.correlation_id, reason)
-            self._enqueue(entry_fields(ERROR, self.correlation_id, self._next_sequence, error=reason))
-            self.finished = True
+            self._enqueue(entry_fields(ERROR, self.correlation_id, self._next_sequence, error=reason), final=True)
         elif not self.pending and now - self.last_activity >= self.heartbeat_seconds:
             self._enqueue(entry_fields(HEARTBEAT, self.correlation_id, self._next_sequence))
 
@@ -187,34 +211,58 @@ class RunStreamWriter:
         self._enqueue(entry_fields(kind, self.correlation_id, self._next_sequence, text, **extra))
         self._next_sequence += 1
 
-    def _enqueue(self, fields: dict[str, str]) -> None:
+    def _enqueue(self, fields: dict[str, str], *, final: bool = False) -> None:
+        # Under the lock the flusher takes entries with: the final marker and `finished` go together,
+        # so the flusher knows the batch that ends the run, and nothing is queued after it.
+        with self._pending_lock:
+            if self.finished:
+                return
+            self.pending.append(fields)
+            self.finished = final
         if fields["kind"] != HEARTBEAT:
             self.liveness.progressed()
-        self.pending.append(fields)
         self.last_activity = time.monotonic()
         self.flusher.wake()
 
 
 class StreamFlusher:
-    """Writes the pending entries of every run on one Redis client, one pipeline per wake-up."""
+    """Writes the pending entries of every run on one Redis client, one pipeline per wake-up.
+
+    It runs on `loop` (default: the caller's), the loop its handler's client belongs to.
+    """
 
     def __init__(
-        self, handler: RedisStreamResponseHandler, *, max_silence_seconds: float = DEFAULT_MAX_SILENCE_SECONDS
+        self,
+        handler: RedisStreamResponseHandler,
+        *,
+        max_silence_seconds: float = DEFAULT_MAX_SILENCE_SECONDS,
+        loop: asyncio.AbstractEventLoop | None = None,
+        on_closed: Callable[[], None] | None = None,
     ) -> None:
         self.handler = handler
         self.max_silence_seconds = max_silence_seconds  # a run silent this long is presumed stuck
         self.round_trips = 0
+        self.loop = loop or asyncio.get_running_loop()
+        self._on_closed = on_closed  # e.g. stop the flusher's own thread (flusher_thread.py)
         self._writers: list[RunStreamWriter] = []
         self._wakeup = asyncio.Event()
+        self._wake_requested = False  # a wake-up is on its way: later entries need not send another
         self._task: asyncio.Task[None] | None = None
 
     def add(self, writer: RunStreamWriter) -> None:
-        self._writers.append(writer)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+        self.loop.call_soon_threadsafe(self._add, writer)
 
     def wake(self) -> None:
-        self._wakeup.set()
+        # One call_soon_threadsafe (a write to the loop's self-pipe) per batch, not per token.
+        if not self._wake_requested:
+            self._wake_requested = True
+            self.loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """Await `work` on the flusher's loop, whose Redis client it may use (the stop watcher does)."""
+        if asyncio.get_running_loop() is self.loop:
+            return await work
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
 
     async def aclose(self, abandon_reason: str | None = ABANDONED) -> None:
         """Stop every unfinished run (its task cancelled) and close the client: a worker is stopping.
@@ -224,15 +272,27 @@ class StreamFlusher:
         runs just stop: a scheduler that outlives this worker delivers them again, and the new
         attempt replaces this one for readers.
         """
+        try:
+            await self.run(self._close(abandon_reason))
+        finally:
+            if self._on_closed is not None:
+                self._on_closed()
+
+    def _add(self, writer: RunStreamWriter) -> None:
+        self._writers.append(writer)
+        if self._task is None or self._task.done():
+            self._task = self.loop.create_task(self._flush_forever())
+            self._task.add_done_callback(_log_if_failed)
+
+    async def _close(self, abandon_reason: str | None) -> None:
         unfinished = [writer for writer in self._writers if not writer.finished]
         for writer in unfinished:
-            if writer.run_task is not None and writer.run_task is not asyncio.current_task():
-                writer.run_task.cancel()
+            writer.cancel_run()
         if abandon_reason is not None and unfinished:
-            markers = [asyncio.ensure_future(writer.finish(error=abandon_reason)) for writer in unfinished]
-            _, late = await asyncio.wait(markers, timeout=FINAL_WRITE_SECONDS)
-            for marker in late:
-                marker.cancel()
+            for writer in unfinished:
+                writer.queue_final_marker(error=abandon_reason)
+            written = [asyncio.wrap_future(writer.written) for writer in unfinished]
+            await asyncio.wait(written, timeout=FINAL_WRITE_SECONDS)  # the late ones are dropped with the task below
         if self._task is not None:
             self._task.cancel()  # no heartbeats for runs that stopped
         await self.handler.aclose()
@@ -240,15 +300,16 @@ class StreamFlusher:
     async def _flush_forever(self) -> None:
         while self._writers:
             await self._wait_for_work()
+            self._wake_requested = False  # before taking: an entry queued after this wakes the flusher again
             now = time.monotonic()
             for writer in self._writers:
                 writer.add_heartbeat_if_silent(now)
-            batch = {writer: writer.take_pending() for writer in self._writers if writer.pending}
-            if batch:
-                await self._write_with_retries(batch, now)
-            for writer in [w for w in batch if w.finished and not w.pending]:
+            taken = {writer: writer.take_pending() for writer in self._writers if writer.pending}
+            if taken:
+                await self._write_with_retries({writer: entries for writer, (entries, _) in taken.items()}, now)
+            for writer in [writer for writer, (_, final) in taken.items() if final]:
                 self._writers.remove(writer)
-                writer.written.set()
+                writer.written.set_result(None)
 
     async def _wait_for_work(self) -> None:
         # Wake for new entries, or in time to write a heartbeat for a silent run.
@@ -292,6 +353,18 @@ class StreamFlusher:
                 writer.correlation_id,
                 extra={"tokens_lost": _count_tokens(entries)},  # for log processors (and tests) to add up
             )
+
+
+def _log_if_failed(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("the stream flusher stopped", exc_info=task.exception())
+
+
+def _current_task_or_none() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no loop runs on this thread
+        return None
 
 
 def _count_tokens(entries: list[dict[str, str]]) -> int:

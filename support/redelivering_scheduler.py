@@ -35,6 +35,7 @@ entry; or just `uv run sample.py --crash-demo`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -96,6 +97,21 @@ class RedeliveringScheduler(InMemoryOrchestrationBackend):
         server.start()
         self._server = server
         return f"{self.host}:{self._port}"
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """True once no work is out with a worker, within `timeout` seconds.
+
+        A reader sees a run's done marker a moment before the worker reports the run complete. A
+        process that stops its own worker right after reading it (the benchmarks) waits here, so the
+        stop does not cut off that report and turn a finished run into one to deliver again.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._entity_in_flight and not self._orchestration_in_flight:
+                    return True
+            time.sleep(0.01)
+        return False
 
     def GetWorkItems(  # noqa: N802 - the gRPC method's name
         self, request: pb.GetWorkItemsRequest, context: grpc.ServicerContext
