@@ -2,6 +2,7 @@
 
     uv run python -m benchmarks --quick                              # CI smoke run, < 1 minute
     uv run --group bench python -m benchmarks --full --plots docs    # the published figures
+    uv run --group bench python -m benchmarks --full --only process-scaling --plots docs   # section 6 alone (~1 min)
 
 A private redis-server is started on a free port (and, when the binary supports
 TLS, a second one on a TLS port with a throwaway self-signed certificate), so
@@ -61,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", type=Path, default=DEFAULT_OUT, help=f"folder for results.json (default: {DEFAULT_OUT})"
     )
     parser.add_argument("--plots", type=Path, default=None, help="folder for the PNG plots (default: --out)")
+    parser.add_argument(
+        "--only", choices=["process-scaling"], help="run one section: process-scaling (section 6, the deployment shape)"
+    )
     return parser.parse_args(argv)
 
 
@@ -134,6 +138,13 @@ def run_all(mode: Mode, results: dict[str, Any]) -> None:
             results["footprint"] = asyncio.run(footprint.measure(plain))
 
 
+def run_process_scaling_only(mode: Mode, results: dict[str, Any]) -> None:
+    with ExitStack() as stack:
+        plain, _ = start_redis(stack, results)
+        with timed("6. process-separated scaling", results["seconds_per_section"]):
+            results["process_scaling"] = process_scaling.measure(plain.url, mode.process_workers, mode.process_sessions)
+
+
 def run_scaling(plain: RedisTarget, mode: Mode, results: dict[str, Any]) -> None:
     with timed("4. scaling", results["seconds_per_section"]):
         layer = [asyncio.run(scaling.streaming_layer(plain.url, k, mode.stream_tokens)) for k in mode.stream_sessions]
@@ -185,7 +196,7 @@ def main(argv: list[str] | None = None, run: Callable[[Mode, dict[str, Any]], No
     results: dict[str, Any] = {"mode": mode.name, "command": command.strip(), "machine": machine()}
     results.update({"notes": [], "raw": {}, "seconds_per_section": {}, "load_average_before": os.getloadavg()})
     started = time.perf_counter()
-    run(mode, results)
+    (run_process_scaling_only if args.only == "process-scaling" else run)(mode, results)
     results["seconds_total"] = round(time.perf_counter() - started, 1)
     results["load_average_after"] = os.getloadavg()
     results["targets"] = report.check_targets(results)
