@@ -140,6 +140,45 @@ def test_a_failed_run_shows_its_error_and_stops_reconnecting() -> None:
     assert "the run failed" in log and "connection lost" not in log
 
 
+def test_a_run_waiting_for_a_free_worker_says_so_then_streams() -> None:
+    """One run slot, taken by another conversation: the page shows the wait, then the whole answer."""
+    from playwright.sync_api import expect, sync_playwright
+
+    model = {"WORKER_MAX_CONCURRENT_RUNS": "1", "DEMO_MODEL_TOKEN_DELAY_MS": "30"}
+    with running_web_app(**model) as url, sync_playwright() as playwright:
+        start_run(url, "Plan a 3-day trip to Oslo")  # another user's run holds the only slot for ~4 s
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.fill("#message", "Plan a 2-day trip to Lisbon")
+            page.click("#send")
+            expect(page.locator("#state")).to_have_attribute("data-state", "queued", timeout=10_000)
+            queued_text = page.locator("#state").text_content() or ""
+            expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=30_000)
+            shown = page.locator("#raw").text_content() or ""
+            session = page.locator("#session").text_content() or ""
+            correlation_id = page.evaluate("run.correlationId")
+            log = page.locator("#log").text_content() or ""
+        finally:
+            browser.close()
+        recorded = recorded_answer(url, session, correlation_id)
+
+    assert "waiting for a free worker" in queued_text and log.count("waiting for a free worker") == 1
+    assert shown == recorded and "Lisbon" in shown
+
+
+def start_run(base_url: str, message: str) -> None:
+    request = urllib.request.Request(
+        f"{base_url}/agents/TravelPlanner/run",
+        data=json.dumps({"message": message}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request) as response:
+        assert response.status in (200, 202)
+
+
 def save_screenshot(page: object) -> None:
     artifact = ROOT / "test-artifacts" / "browser.png"
     artifact.parent.mkdir(exist_ok=True)
