@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -30,10 +30,16 @@ import redis
 OBJECT_ID = "5f2b6c1e-7a43-4d0e-9a51-0c3f8e2d4b7a"
 
 
+class AclAdmin(Protocol):
+    """What sets the ACL user's password: one Redis (`redis_for_entra_id`), or every node of a cluster."""
+
+    def execute_command(self, *args: Any) -> Any: ...
+
+
 class FakeManagedIdentity:
     """Issues tokens for `OBJECT_ID` and keeps the Redis ACL user's password in step with them."""
 
-    def __init__(self, admin: redis.Redis | None, *, lifetime_seconds: int = 3600) -> None:
+    def __init__(self, admin: AclAdmin | None, *, lifetime_seconds: int = 3600) -> None:
         self.admin = admin  # None: this host has no identity, and the endpoint says so
         self.lifetime_seconds = lifetime_seconds
         self.header_secret = uuid.uuid4().hex
