@@ -25,11 +25,15 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from support.ports import free_port, port_answers
 from tests.conftest import ROOT, cli_environment
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -83,33 +87,42 @@ def running_web_app(**model_env: str) -> Iterator[str]:
         process.wait(timeout=30)
 
 
+@contextlib.contextmanager
+def page_asking(url: str, message: str, **page_options: Any) -> Iterator[Page]:
+    """The web page in headless Chromium, with `message` typed and sent; the browser closes on exit."""
+    from playwright.sync_api import sync_playwright  # imported here: only the browser tests need it
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(**page_options)
+            page.goto(url)
+            page.fill("#message", message)
+            page.click("#send")
+            yield page
+        finally:
+            browser.close()
+
+
 def recorded_answer(base_url: str, session: str, correlation_id: str) -> str:
     with urllib.request.urlopen(f"{base_url}/agents/TravelPlanner/answer/{session}/{correlation_id}") as response:
         return json.load(response)["text"]
 
 
 def test_the_page_resumes_after_a_dropped_connection_without_losing_a_word(web_url: str) -> None:
-    from playwright.sync_api import expect, sync_playwright  # imported here: only this test needs it
+    from playwright.sync_api import expect
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 820})
-            page.goto(web_url)
-            page.fill("#message", "Plan a 2-day trip to Lisbon")
-            page.click("#send")
-            page.wait_for_function("document.getElementById('raw').textContent.length > 40")
-            page.click("#drop")
-            expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting")
-            expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=30_000)
+    with page_asking(web_url, "Plan a 2-day trip to Lisbon", viewport={"width": 1000, "height": 820}) as page:
+        page.wait_for_function("document.getElementById('raw').textContent.length > 40")
+        page.click("#drop")
+        expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting")
+        expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=30_000)
 
-            shown = page.locator("#raw").text_content() or ""
-            session = page.locator("#session").text_content() or ""
-            correlation_id = page.evaluate("run.correlationId")
-            log = page.locator("#log").text_content() or ""
-            save_screenshot(page)
-        finally:
-            browser.close()
+        shown = page.locator("#raw").text_content() or ""
+        session = page.locator("#session").text_content() or ""
+        correlation_id = page.evaluate("run.correlationId")
+        log = page.locator("#log").text_content() or ""
+        save_screenshot(page)
 
     assert "connection dropped after event" in log
     assert log.count("connected, resuming after") == 2  # the first connection, and the one after the drop
@@ -118,22 +131,17 @@ def test_the_page_resumes_after_a_dropped_connection_without_losing_a_word(web_u
 
 
 def test_a_failed_run_shows_its_error_and_stops_reconnecting() -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with running_web_app(DEMO_MODEL_FAIL_AFTER_TOKENS="3") as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.fill("#message", "Plan a 2-day trip to Lisbon")
-            page.click("#send")
-            expect(page.locator("#state")).to_have_attribute("data-state", "error", timeout=30_000)
-            page.wait_for_timeout(1500)  # long enough for a wrongly kept EventSource to reconnect (retry is 1 s)
-            state = page.locator("#state").get_attribute("data-state")
-            shown_error = page.locator("#answer .error").text_content() or ""
-            log = page.locator("#log").text_content() or ""
-        finally:
-            browser.close()
+    with (
+        running_web_app(DEMO_MODEL_FAIL_AFTER_TOKENS="3") as url,
+        page_asking(url, "Plan a 2-day trip to Lisbon") as page,
+    ):
+        expect(page.locator("#state")).to_have_attribute("data-state", "error", timeout=30_000)
+        page.wait_for_timeout(1500)  # long enough for a wrongly kept EventSource to reconnect (retry is 1 s)
+        state = page.locator("#state").get_attribute("data-state")
+        shown_error = page.locator("#answer .error").text_content() or ""
+        log = page.locator("#log").text_content() or ""
 
     assert state == "error"
     assert "Demo model failure" in shown_error
@@ -142,17 +150,12 @@ def test_a_failed_run_shows_its_error_and_stops_reconnecting() -> None:
 
 def test_a_run_waiting_for_a_free_worker_says_so_then_streams() -> None:
     """One run slot, taken by another conversation: the page shows the wait, then the whole answer."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     model = {"WORKER_MAX_CONCURRENT_RUNS": "1", "DEMO_MODEL_TOKEN_DELAY_MS": "30"}
-    with running_web_app(**model) as url, sync_playwright() as playwright:
+    with running_web_app(**model) as url:
         start_run(url, "Plan a 3-day trip to Oslo")  # another user's run holds the only slot for ~4 s
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.fill("#message", "Plan a 2-day trip to Lisbon")
-            page.click("#send")
+        with page_asking(url, "Plan a 2-day trip to Lisbon") as page:
             expect(page.locator("#state")).to_have_attribute("data-state", "queued", timeout=10_000)
             queued_text = page.locator("#state").text_content() or ""
             expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=30_000)
@@ -160,8 +163,6 @@ def test_a_run_waiting_for_a_free_worker_says_so_then_streams() -> None:
             session = page.locator("#session").text_content() or ""
             correlation_id = page.evaluate("run.correlationId")
             log = page.locator("#log").text_content() or ""
-        finally:
-            browser.close()
         recorded = recorded_answer(url, session, correlation_id)
 
     assert "waiting for a free worker" in queued_text and log.count("waiting for a free worker") == 1

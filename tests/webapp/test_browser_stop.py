@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.webapp.test_browser import CHROMIUM, CHROMIUM_ARGS, recorded_answer, running_web_app
+from tests.webapp.test_browser import CHROMIUM, page_asking, recorded_answer, running_web_app
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)"
@@ -15,31 +15,26 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_stop_ends_the_run_shows_its_tool_steps_and_the_next_turn_completes() -> None:
-    from playwright.sync_api import expect, sync_playwright  # imported here: only the browser tests need it
+    from playwright.sync_api import expect
 
-    with running_web_app(DEMO_MODEL_TOKEN_DELAY_MS="40") as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.fill("#message", "Plan a 3-day trip to Lisbon")
-            page.click("#send")
-            page.wait_for_function("document.getElementById('raw').textContent.length > 40")
-            page.click("#stop")
-            expect(page.locator("#state")).to_have_attribute("data-state", "cancelled", timeout=30_000)
-            stopped_text = page.locator("#raw").text_content() or ""
-            steps = page.locator("#steps li").all_text_contents()
-            step_states = [item.get_attribute("data-status") for item in page.locator("#steps li").all()]
-            session = page.locator("#session").text_content() or ""
-            record = recorded_answer(url, session, page.evaluate("run.correlationId"))
+    with (
+        running_web_app(DEMO_MODEL_TOKEN_DELAY_MS="40") as url,
+        page_asking(url, "Plan a 3-day trip to Lisbon") as page,
+    ):
+        page.wait_for_function("document.getElementById('raw').textContent.length > 40")
+        page.click("#stop")
+        expect(page.locator("#state")).to_have_attribute("data-state", "cancelled", timeout=30_000)
+        stopped_text = page.locator("#raw").text_content() or ""
+        steps = page.locator("#steps li").all_text_contents()
+        step_states = [item.get_attribute("data-status") for item in page.locator("#steps li").all()]
+        session = page.locator("#session").text_content() or ""
+        record = recorded_answer(url, session, page.evaluate("run.correlationId"))
 
-            page.fill("#message", "Plan a 1-day trip to Oslo")
-            page.click("#send")
-            expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=30_000)
-            next_steps = page.locator("#steps li").count()
-            log = page.locator("#log").text_content() or ""
-        finally:
-            browser.close()
+        page.fill("#message", "Plan a 1-day trip to Oslo")
+        page.click("#send")
+        expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=30_000)
+        next_steps = page.locator("#steps li").count()
+        log = page.locator("#log").text_content() or ""
 
     assert len(steps) == 2 and step_states == ["done", "done"]
     assert any(s.startswith('get_weather_forecast(destination="Lisbon", days=3) → Weather forecast') for s in steps)
