@@ -218,7 +218,8 @@ class RunStreamWriter:
             if self.finished:
                 return
             self.pending.append(fields)
-            self.finished = final
+            if final:
+                self.finished = True
         if fields["kind"] != HEARTBEAT:
             self.liveness.progressed()
         self.last_activity = time.monotonic()
@@ -356,6 +357,7 @@ class StreamFlusher:
 
 
 def _log_if_failed(task: asyncio.Task[None]) -> None:
+    # A flusher that stopped would leave every run waiting for `written`: say why, loudly.
     if not task.cancelled() and task.exception() is not None:
         logger.error("the stream flusher stopped", exc_info=task.exception())
 
