@@ -127,7 +127,7 @@ class RedisStreamResponseHandler:
     def from_url(cls, url: str, **options: Any) -> RedisStreamResponseHandler:
         # Redis or RedisCluster (support/redis_connection.py), fields as str; a socket timeout that outlasts
         # XREAD BLOCK (redis-py 8.1's 5 s default cut it short).
-        timeout = socket_timeout_outlasting(options.get("idle_timeout_seconds", 20.0))
+        timeout = socket_timeout_outlasting(options.get("idle_timeout_seconds", 20.0), url)
         client = async_client(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=timeout)
         return cls(client, **options)
 

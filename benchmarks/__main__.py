@@ -3,6 +3,7 @@
     uv run python -m benchmarks --quick                              # CI smoke run, < 1 minute
     uv run --group bench python -m benchmarks --full --plots docs    # the published figures
     uv run --group bench python -m benchmarks --full --only process-scaling --plots docs   # section 6 alone (~1 min)
+    uv run --group bench python -m benchmarks --full --only cluster          # section 4b alone (~1 min)
 
 A private redis-server is started on a free port (and, when the binary supports
 TLS, a second one on a TLS port with a throwaway self-signed certificate), so
@@ -63,7 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--plots", type=Path, default=None, help="folder for the PNG plots (default: --out)")
     parser.add_argument(
-        "--only", choices=["process-scaling"], help="run one section: process-scaling (section 6, the deployment shape)"
+        "--only",
+        choices=sorted(ONLY),
+        help="run one section: process-scaling (6, the deployment shape) or cluster (4b, on a local Redis Cluster)",
     )
     return parser.parse_args(argv)
 
@@ -145,6 +148,13 @@ def run_process_scaling_only(mode: Mode, results: dict[str, Any]) -> None:
             results["process_scaling"] = process_scaling.measure(plain.url, mode.process_workers, mode.process_sessions)
 
 
+def run_cluster_only(mode: Mode, results: dict[str, Any]) -> None:
+    with ExitStack() as stack:
+        start_redis(stack, results)  # not measured: the report names the Redis build
+        with timed("4b. streaming layer on a Redis Cluster", results["seconds_per_section"]):
+            results["scaling"] = run_on_cluster(mode, results)
+
+
 def run_scaling(plain: RedisTarget, mode: Mode, results: dict[str, Any]) -> None:
     with timed("4. scaling", results["seconds_per_section"]):
         layer = [asyncio.run(scaling.streaming_layer(plain.url, k, mode.stream_tokens)) for k in mode.stream_sessions]
@@ -174,6 +184,12 @@ def run_on_cluster(mode: Mode, results: dict[str, Any]) -> list[Row]:
     return rows
 
 
+ONLY: dict[str, Callable[[Mode, dict[str, Any]], None]] = {
+    "process-scaling": run_process_scaling_only,
+    "cluster": run_cluster_only,
+}
+
+
 def write_outputs(results: dict[str, Any], out: Path, plots: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
@@ -196,7 +212,7 @@ def main(argv: list[str] | None = None, run: Callable[[Mode, dict[str, Any]], No
     results: dict[str, Any] = {"mode": mode.name, "command": command.strip(), "machine": machine()}
     results.update({"notes": [], "raw": {}, "seconds_per_section": {}, "load_average_before": os.getloadavg()})
     started = time.perf_counter()
-    (run_process_scaling_only if args.only == "process-scaling" else run)(mode, results)
+    (ONLY[args.only] if args.only else run)(mode, results)
     results["seconds_total"] = round(time.perf_counter() - started, 1)
     results["load_average_after"] = os.getloadavg()
     results["targets"] = report.check_targets(results)

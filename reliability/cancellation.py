@@ -39,7 +39,6 @@ from typing import TypeVar
 
 from agent_framework import AgentResponse, AgentResponseUpdate
 from durabletask.client import TaskHubGrpcClient
-from redis.exceptions import RedisError
 
 from redis_stream_response_handler import (
     CANCELLED,
@@ -54,6 +53,7 @@ from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.config import Settings
 from support.console import EXIT_OK, EXIT_RUN_FAILED, announce, fail
 from support.errors import UsageError
+from support.redis_connection import REDIS_FAILURES
 from support.scheduler import connect_client
 from support.services import Services
 from support.validation import validate_session_key
@@ -312,7 +312,7 @@ class CancelWatcher:
             signals = list(self._signals)
             try:
                 requests = await self._read_requests(signals)
-            except (RedisError, OSError) as error:
+            except REDIS_FAILURES as error:
                 if not self._failing:
                     logger.warning("cannot check for stop requests (%s); retrying every %gs", error, self.poll_seconds)
                 self._failing = True

@@ -36,11 +36,11 @@ from durabletask.entities import EntityInstanceId
 from durabletask.internal import helpers
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.worker import ConcurrencyOptions, TaskHubGrpcWorker
-from redis.exceptions import RedisError
 
 from redis_stream_response_handler import QUEUED, RedisStreamResponseHandler, entry_fields
 from reliability.write_behind import WORKER_NAME
 from support.config import Settings
+from support.redis_connection import REDIS_FAILURES
 from support.validation import validate_session_key
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class QueuedRunReporter:
         try:  # the TTL too: a new session's stream may start with this notice
             run_agent_coroutine(handler.write_streams(notices, {key for key, _ in notices}))
             self.notices_written += sum(len(entries) for _, entries in notices)
-        except (RedisError, OSError) as error:  # a missed notice is not worth failing a run for
+        except REDIS_FAILURES as error:  # a missed notice is not worth failing a run for
             logger.warning("could not write queued notices (%s)", error)
 
 

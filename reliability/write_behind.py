@@ -59,7 +59,6 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from agent_framework import AgentResponseUpdate, UsageDetails
-from redis.exceptions import RedisError
 
 from redis_stream_response_handler import (
     CANCELLED,
@@ -75,6 +74,7 @@ from redis_stream_response_handler import (
 from reliability.activity import RunActivity, usage_fields
 from reliability.run_liveness import DEFAULT_MAX_SILENCE_SECONDS, RunLiveness
 from reliability.run_tracker import NUMBERED_KINDS, read_run
+from support.redis_connection import REDIS_FAILURES
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -331,7 +331,7 @@ class StreamFlusher:
                 for writer in batch:
                     writer.last_expire = now if writer.session_key in expire else writer.last_expire
                 return
-            except (RedisError, OSError) as error:
+            except REDIS_FAILURES as error:
                 if attempt == WRITE_ATTEMPTS:
                     self._give_up(batch, error)
                     return

@@ -34,8 +34,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
+from redis.exceptions import RedisClusterException, RedisError
 
 from support.errors import UsageError
+
+# What a Redis call raises when Redis, or every node of a cluster, is unreachable or refuses:
+# redis-py's RedisClusterException ("cannot be connected") is not a RedisError.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
 
 CLUSTER_OPTION = "cluster"
 AUTH_OPTION = "auth"

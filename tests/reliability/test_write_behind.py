@@ -11,6 +11,7 @@ from redis_stream_response_handler import DONE, ERROR, HEARTBEAT, RESTART, START
 from reliability.run_liveness import ENDED_WITHOUT_A_MARKER
 from reliability.run_tracker import read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
+from support.ports import free_port
 from tests.streams import write_entries
 
 
@@ -168,3 +169,16 @@ async def test_a_batch_repeated_by_a_retry_is_read_once(redis_url: str) -> None:
         chunks = [c async for c in read_run(handler, replayed, correlation_id="run-1")]
 
     assert [c.kind for c in chunks] == [START, TOKEN, DONE]  # a repeated start is not a restart
+
+
+async def test_a_cluster_with_no_reachable_node_loses_the_tokens_but_ends_the_run() -> None:
+    """redis-py raises RedisClusterException (not a RedisError) here: the flusher must survive it."""
+    unreachable = f"redis://127.0.0.1:{free_port()}?cluster=true"
+    async with RedisStreamResponseHandler.from_url(unreachable) as handler:
+        writer = RunStreamWriter(StreamFlusher(handler), f"writer-{uuid.uuid4().hex}", "run-1")
+        writer.start()
+        writer.append_token("lost ")
+        async with asyncio.timeout(30):  # the hang this guards against: a dead flusher never writes `done`
+            await writer.finish()
+
+    assert writer.tokens_lost == 1

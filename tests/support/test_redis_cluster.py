@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from redis_stream_response_handler import DONE, START, TOKEN, RedisStreamResponseHandler, StreamChunk, stream_key
+from redis_stream_response_handler import DONE, ERROR, START, TOKEN, RedisStreamResponseHandler, StreamChunk, stream_key
 from reliability.run_tracker import read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.redis_connection import sync_client
@@ -98,3 +98,18 @@ def test_the_sample_runs_end_to_end_on_a_redis_cluster(cluster: LocalRedisCluste
     assert result.returncode == 0, result.stderr
     assert "Rome" in result.stdout
     assert "cluster=true" in result.stderr  # the announce line shows how it connected
+
+
+async def test_a_hundred_readers_blocked_at_once_each_end_with_the_idle_message(cluster: LocalRedisCluster) -> None:
+    """The reader's own client settings. With a client socket timeout, redis-py 8.1's RedisCluster broke some."""
+    sessions = [f"cluster-idle-{uuid.uuid4().hex[:12]}" for _ in range(100)]
+    async with RedisStreamResponseHandler.from_url(cluster.url, idle_timeout_seconds=2) as readers:
+        ends = await asyncio.gather(*(_last_chunk(readers, session) for session in sessions))
+
+    assert {chunk.kind for chunk in ends} == {ERROR}
+    assert all(chunk.error and chunk.error.startswith("no answer started within 2s") for chunk in ends)
+
+
+async def _last_chunk(handler: RedisStreamResponseHandler, session: str) -> StreamChunk:
+    chunks = [chunk async for chunk in read_run(handler, session, correlation_id="run-1")]
+    return chunks[-1]
