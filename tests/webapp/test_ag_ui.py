@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -40,18 +40,6 @@ from webapp.ag_ui import record_key
 
 AG_UI = "/ag-ui/TravelPlanner"
 EVENT = TypeAdapter(Event)  # the protocol package's own union of event models
-
-
-@pytest.fixture(scope="module")
-def web(redis_url: str) -> Iterator[Server]:
-    with serve(redis_url, demo_worker()) as server:
-        yield server
-
-
-@pytest.fixture
-async def http(web: Server) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=web.url, timeout=30) as client:
-        yield client
 
 
 def run_input(thread_id: str, run_id: str, text: str = "Plan a 2-day trip to Oslo") -> dict[str, Any]:

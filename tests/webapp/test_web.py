@@ -14,7 +14,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -85,18 +85,6 @@ def serve(redis_url: str, worker_setup: WorkerSetup, **settings: str) -> Iterato
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def web(redis_url: str) -> Iterator[Server]:
-    with serve(redis_url, demo_worker()) as server:
-        yield server
-
-
-@pytest.fixture
-async def http(web: Server) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=web.url, timeout=30) as client:
-        yield client
 
 
 async def events_of(response: httpx.Response, limit: int | None = None) -> list[Event]:
