@@ -9,7 +9,7 @@
 The answer goes to stdout, status lines to stderr. Exit status: 0 the answer completed, 1 the run
 failed or stopped, 2 bad usage or configuration, 130 interrupted (it prints the resume command).
 
-The flow, in `stream_turn`:
+The flow, in `start_run` and `ask` (the web app and the benchmarks start runs with `start_run` too):
   1. note the newest entry id of the conversation's stream (the cursor): only this turn is read;
   2. `agent.run(message, session=..., options={"wait_for_response": False})`: the scheduler
      queues the run and the call returns at once;
@@ -32,50 +32,77 @@ from agent_framework_durabletask import DurableAIAgent, DurableAIAgentClient
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 
 from agents import AGENT_NAME
+from cli.arguments import build_parser, messages_to_send, resume_hint, validate_arguments
+from cli.cancel import cancel_command
+from cli.printer import ChunkPrinter
 from redis_stream_response_handler import ERROR, RedisStreamResponseHandler, StreamChunk
-from reliability.cancellation import cancel_command
-from reliability.recovery import print_latest_recorded_answer, reattach_point_exists, settle_with_record
+from reliability.durable_record import print_latest_recorded_answer, reattach_point_exists, settle_with_record
 from reliability.run_tracker import read_run
-from support.cli import build_parser, messages_to_send, validate_arguments
+from support.config import Settings, check_environment
 from support.console import EXIT_OK, EXIT_RUN_FAILED, announce, run_entry_point, setup_logging
-from support.environment import Settings, check_environment
-from support.printer import ChunkPrinter
 from support.scheduler import connect_client
 from support.services import Services, provide_services
 from support.sessions import correlation_id_of, new_session_key, session_for
 
 
+@dataclass(frozen=True)
+class Connections:
+    """What a client talks to, opened once: the scheduler (to start runs) and Redis (to read answers)."""
+
+    scheduler: DurableTaskSchedulerClient
+    agent: DurableAIAgent[AgentResponse]
+    handler: RedisStreamResponseHandler
+
+
 @dataclass
 class Conversation:
-    """One conversation as this client sees it: where runs go, where answers are read, how far it read."""
+    """One conversation as this client sees it: its key, and how far it has read."""
 
     session_key: str
     cursor: str | None = None  # the last entry id printed: where a resumed read starts
-    agent: DurableAIAgent[AgentResponse] | None = None
-    scheduler: DurableTaskSchedulerClient | None = None
-    handler: RedisStreamResponseHandler | None = None
+    verify: bool = False  # --verify: check each answer against the durable record
     resumable_elsewhere: bool = True  # False when the services this process started stop with it
 
 
-def start_run(agent: DurableAIAgent[AgentResponse], message: str, session_key: str) -> str | None:
-    """Fire and forget: the scheduler queues the run, and this returns at once with its correlation id."""
-    acknowledgement = agent.run(message, session=session_for(session_key), options={"wait_for_response": False})
-    return correlation_id_of(acknowledgement)  # a workaround: the id is only in the acknowledgement's text
+@dataclass(frozen=True)
+class StartedRun:  # where to read a run that was just started
+    cursor: str  # the stream's newest entry before the run: its answer is everything after it
+    correlation_id: str | None  # names the run's entries on the stream
 
 
-async def stream_turn(conversation: Conversation, message: str | None, printer: ChunkPrinter, verify: bool) -> int:
-    """Start a run for `message` (or reattach at the cursor when it is None) and print its answer."""
-    assert conversation.agent and conversation.scheduler and conversation.handler
-    handler, key, correlation_id = conversation.handler, conversation.session_key, None
-    if message is not None:
-        conversation.cursor = await handler.last_entry_id(key)  # 1. read only what this turn adds
-        # 2. a blocking gRPC call, so off the event loop
-        correlation_id = await asyncio.to_thread(start_run, conversation.agent, message, key)
-    elif not await reattach_point_exists(handler, key, conversation.cursor):  # the stream expired, or Redis restarted
-        return await print_latest_recorded_answer(conversation.scheduler, key, printer)
+async def start_run(
+    agent: DurableAIAgent[AgentResponse], handler: RedisStreamResponseHandler, session_key: str, message: str
+) -> StartedRun:
+    """Fire and forget: the scheduler queues the run, and this returns at once with where to read it."""
+    cursor = await handler.last_entry_id(session_key)  # taken first: only this run's entries follow it
+    session = session_for(AGENT_NAME, session_key)  # a blocking gRPC call below, so on the loop's default executor
+    acknowledgement = await asyncio.to_thread(agent.run, message, session=session, options={"wait_for_response": False})
+    return StartedRun(cursor, correlation_id_of(acknowledgement))  # a workaround: support/sessions.py
+
+
+async def ask(connections: Connections, conversation: Conversation, message: str, printer: ChunkPrinter) -> int:
+    """1-2. Start a run for `message`, then 3. print its answer as it streams."""
+    run = await start_run(connections.agent, connections.handler, conversation.session_key, message)
+    conversation.cursor = run.cursor
+    return await print_answer(connections, conversation, printer, run.correlation_id)
+
+
+async def reattach(connections: Connections, conversation: Conversation, printer: ChunkPrinter) -> int:
+    """Print what follows the conversation's cursor: a reader picking up where it stopped."""
+    key = conversation.session_key
+    if not await reattach_point_exists(connections.handler, key, conversation.cursor):  # expired, or Redis restarted
+        return await print_latest_recorded_answer(connections.scheduler, key, printer)
+    return await print_answer(connections, conversation, printer, correlation_id=None)
+
+
+async def print_answer(
+    connections: Connections, conversation: Conversation, printer: ChunkPrinter, correlation_id: str | None
+) -> int:
+    """3. XREAD BLOCK from the cursor, printing each entry as it arrives, until the run ends."""
     printer.waiting()
-    final = StreamChunk(entry_id=conversation.cursor or "0-0", kind=ERROR, error="the stream ended unexpectedly")
-    async for chunk in read_run(handler, key, conversation.cursor, correlation_id):  # 3. tail the stream
+    key, cursor = conversation.session_key, conversation.cursor
+    final = StreamChunk(entry_id=cursor or "0-0", kind=ERROR, error="the stream ended unexpectedly")
+    async for chunk in read_run(connections.handler, key, cursor, correlation_id):
         conversation.cursor = chunk.entry_id
         printer.print_chunk(chunk)
         final = chunk
@@ -83,8 +110,8 @@ async def stream_turn(conversation: Conversation, message: str | None, printer: 
     if not final.is_done:  # an error or cancelled marker, or nothing arrived for the idle timeout
         printer.print_end(final)  # `error: ...` or `[client] the run was cancelled`
         return EXIT_RUN_FAILED
-    if final.missing or verify:  # tokens lost on the way, or asked to check: the durable record decides
-        return await settle_with_record(conversation.scheduler, key, final, printer, verify)
+    if final.missing or conversation.verify:  # tokens lost on the way, or asked to check: the record decides
+        return await settle_with_record(connections.scheduler, key, final, printer, conversation.verify)
     return EXIT_OK
 
 
@@ -92,41 +119,29 @@ async def run_client(
     args: argparse.Namespace, settings: Settings, services: Services, conversation: Conversation
 ) -> int:
     """Every turn of one conversation: start a run (or reattach) and stream its answer."""
-    conversation.scheduler = connect_client(services.scheduler_endpoint, settings.taskhub)
-    conversation.agent = DurableAIAgentClient(conversation.scheduler).get_agent(AGENT_NAME)
+    scheduler = connect_client(services.scheduler_endpoint, settings.taskhub)
+    agent = DurableAIAgentClient(scheduler).get_agent(AGENT_NAME)
     conversation.resumable_elsewhere = not services.started_here
     printer = ChunkPrinter(conversation.session_key, as_json=args.json)
-    idle_timeout = settings.idle_timeout_seconds
-    async with RedisStreamResponseHandler.from_url(services.redis_url, idle_timeout_seconds=idle_timeout) as handler:
-        conversation.handler = handler
+    reading = RedisStreamResponseHandler.from_url(
+        services.redis_url, idle_timeout_seconds=settings.idle_timeout_seconds
+    )
+    async with reading as handler:
+        connections = Connections(scheduler, agent, handler)
         if args.cursor is not None:
-            return await stream_turn(conversation, None, printer, args.verify)
+            return await reattach(connections, conversation, printer)
         exit_code = EXIT_OK
         async for message in messages_to_send(args):
             note = "continue it with --session" if conversation.resumable_elsewhere else "ends when this process exits"
             announce("client", f"session {conversation.session_key} ({note})")
-            exit_code = await stream_turn(conversation, message, printer, args.verify)
-            if exit_code != EXIT_OK:
+            if (exit_code := await ask(connections, conversation, message, printer)) != EXIT_OK:
                 break
         return exit_code
 
 
-def resume_hint(conversation: Conversation, program: str = "uv run client.py") -> str:
-    """What to run to pick up where this reader stopped."""
-    key, cursor = conversation.session_key, conversation.cursor
-    if not conversation.resumable_elsewhere:
-        return (
-            f"interrupted at cursor {cursor} of session {key}; the services this process started "
-            "stop with it: run `uv run worker.py` and `uv run client.py` to try resuming across processes"
-        )
-    if cursor is None:
-        return f"interrupted before the first token; see the answer with: {program} --session {key}"
-    return f"interrupted; resume with: {program} --session {key} --cursor {cursor}"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser("client.py", "Ask the TravelPlanner and stream its answer.", can_cancel=True).parse_args(argv)
-    conversation = Conversation(session_key=args.session or new_session_key(), cursor=args.cursor)
+    conversation = Conversation(args.session or new_session_key(), args.cursor, args.verify)
 
     def run() -> int:
         setup_logging()
@@ -134,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         with ExitStack() as stack:
             settings = check_environment()
             services = provide_services(settings, stack, role="client")  # finds what worker.py started
-            if args.cancel:  # a Stop, not a disconnect: the worker ends the run (reliability/cancellation.py)
+            if args.cancel:  # a Stop, not a disconnect: the worker ends the run (reliability/stop_watch.py)
                 return asyncio.run(cancel_command(settings, services, conversation.session_key))
             return asyncio.run(run_client(args, settings, services, conversation))
 

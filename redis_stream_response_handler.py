@@ -26,18 +26,15 @@ Read next: reliability/run_tracker.py follows ONE run through this stream (repea
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from support.redis_connection import AsyncRedis, async_client
-from support.redis_quirks import raise_if_cancel_was_swallowed, socket_timeout_outlasting
+from support.redis_quirks import socket_timeout_outlasting
+from support.redis_reads import xread_reconnecting
 from support.validation import validate_cursor, validate_session_key
 
 logger = logging.getLogger(__name__)
@@ -48,7 +45,6 @@ TOKEN, START, RESTART, HEARTBEAT, DONE, ERROR = "token", "start", "restart", "he
 TOOL_CALL, TOOL_RESULT, CANCELLED = "tool_call", "tool_result", "cancelled"  # reliability/activity.py, cancellation.py
 QUEUED = "queued"  # a run waiting for a free worker slot (reliability/worker_capacity.py)
 MARKERS_THAT_END_A_RUN = (DONE, ERROR, CANCELLED)
-READ_ATTEMPTS = 5
 
 
 def stream_key(session_key: str) -> str:
@@ -175,23 +171,9 @@ class RedisStreamResponseHandler:
         cursor = validate_cursor(cursor) if cursor is not None else START_OF_STREAM
         block_ms = max(1, int(self.idle_timeout_seconds * 1000))
         while True:
-            response = await self._xread_with_reconnect(key, cursor, block_ms)
+            response = await xread_reconnecting(self.redis, key, cursor, block_ms)  # rides out a dropped connection
             if not response:
                 raise StreamIdleTimeoutError(cursor)
             for entry_id, fields in response[0][1]:
                 cursor = str(entry_id)
                 yield StreamChunk.from_entry(cursor, fields)
-
-    async def _xread_with_reconnect(self, key: str, cursor: str, block_ms: int) -> Any:
-        # A dropped connection is not the end of the answer: the stream is still in Redis, so ask
-        # again from the same cursor (no gap, no repeat).
-        for attempt in range(1, READ_ATTEMPTS + 1):
-            try:
-                response = await self.redis.xread({key: cursor}, block=block_ms, count=500)
-                raise_if_cancel_was_swallowed()
-                return response
-            except (RedisConnectionError, RedisTimeoutError) as error:
-                if attempt == READ_ATTEMPTS:
-                    raise
-                logger.warning("Redis read failed (%s); reconnecting from cursor %s", error, cursor)
-                await asyncio.sleep(0.1 * 2**attempt)

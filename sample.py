@@ -15,22 +15,21 @@ import asyncio
 import sys
 from contextlib import ExitStack
 
-from client import Conversation, resume_hint, run_client
+from cli.arguments import build_parser, resume_hint, validate_arguments
+from client import Conversation, run_client
 from reliability.crash_demo import run_crash_demo
-from reliability.shutdown import stop_worker
-from support.cli import build_parser, validate_arguments
+from support.config import check_environment
 from support.console import run_entry_point, setup_logging
-from support.environment import check_environment
 from support.services import provide_services
 from support.sessions import new_session_key
-from worker import get_worker, setup_worker
+from worker import start_worker
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser("sample.py", "A durable worker and a client, in one process.", crash_demo=True).parse_args(argv)
     if args.crash_demo:  # a worker killed mid-answer, its run delivered again to another one
         return run_entry_point(lambda: run_crash_demo(args))
-    conversation = Conversation(session_key=args.session or new_session_key(), cursor=args.cursor)
+    conversation = Conversation(args.session or new_session_key(), args.cursor, args.verify)
 
     def run() -> int:
         setup_logging()
@@ -41,10 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             services = provide_services(settings, stack, role="sample", resuming=args.session is not None)
 
             # 2. The worker (worker.py): the TravelPlanner as a durable entity, streaming to Redis.
-            worker = get_worker(settings, services)
-            callback = setup_worker(worker, settings, services)
-            worker.start()
-            stack.callback(stop_worker, worker, callback, services)  # at exit, before the services stop
+            start_worker(settings, services, stack)  # the stack stops it at exit, before the services
 
             # 3. The client (client.py): start the run without waiting, then tail its answer.
             return asyncio.run(run_client(args, settings, services, conversation))

@@ -22,9 +22,8 @@ import socket
 import sys
 from contextlib import ExitStack
 
-from support.config import Settings
+from support.config import Settings, check_environment
 from support.console import EXIT_OK, EXIT_USAGE, announce, fail, run_entry_point, setup_logging
-from support.environment import check_environment
 from support.ports import port_answers
 from support.redelivering_scheduler import LOOPBACK
 from support.services import embedded_scheduler, start_shared_redis, wait_for_shutdown_signal

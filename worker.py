@@ -31,24 +31,27 @@ from agent_framework_durabletask import AgentCallbackContext, DurableAIAgentWork
 from durabletask.azuremanaged.worker import DurableTaskSchedulerWorker
 
 from agents import create_chat_client, create_travel_agent
-from reliability.cancellation import CancelWatcher, cancel_reason
 from reliability.flusher_thread import start_flusher_thread
-from reliability.reporting_agent import ReportingAgent, is_run_started, remember_run
+from reliability.hardening import harden_worker
+from reliability.reporting_agent import ReportingAgent, remember_run
 from reliability.shutdown import quiet_worker_logger, stop_worker
-from reliability.worker_capacity import report_queued_runs, run_slots
+from reliability.stop_watch import CancelWatcher, cancel_reason
+from reliability.worker_capacity import run_slots
 from reliability.write_behind import ABANDONED, RunStreamWriter, StreamFlusher
+from support.config import Settings, check_environment
 from support.console import EXIT_OK, announce, run_entry_point, setup_logging
-from support.environment import Settings, check_environment
-from support.gc_pauses import freeze_startup_objects
 from support.scheduler import scheduler_connection
 from support.services import Services, provide_services, wait_for_shutdown_signal
+
+Environ = Mapping[str, str] | None  # the model's variables: os.environ when None
 
 
 class RedisStreamCallback:
     """Streams each run's answer to Redis: its tokens as they come, then a done (or error) marker.
 
-    Implements Agent Framework's `AgentResponseCallbackProtocol`, plus `on_run_failed`, which
-    `ReportingAgent` calls when a run fails for good (the framework itself never reports it).
+    Implements Agent Framework's `AgentResponseCallbackProtocol`; a run's first update, whatever it
+    holds, opens the run's writer. `on_run_failed` is for `ReportingAgent` (an add-on, see
+    `setup_worker`): the framework itself never reports a failed run.
     """
 
     def __init__(self, settings: Settings, redis_url: str) -> None:
@@ -58,18 +61,18 @@ class RedisStreamCallback:
         self._stops = CancelWatcher()  # polls Redis for stop requests while runs stream
 
     async def on_streaming_response_update(self, update: AgentResponseUpdate, context: AgentCallbackContext) -> None:
-        if is_run_started(update):  # ReportingAgent's empty first update: the run begins
+        writer = self._writers.get(context.correlation_id)
+        if writer is None:  # the run's first update, whatever it holds
             writer = self._writers[context.correlation_id] = self._new_writer(context)
-            remember_run(context, self._stops.watch(writer))  # a stop request for this run ends its stream
-            return
-        self._writers[context.correlation_id].append_update(update)  # text and tool activity, queued: never waits
+            remember_run(context, self._stops.watch(writer))  # with ReportingAgent, a stop request ends the run
+        writer.append_update(update)  # text and tool activity, queued: never waits
 
     async def on_agent_response(self, response: AgentResponse, context: AgentCallbackContext) -> None:
         writer = self._writers.pop(context.correlation_id, None) or self._new_writer(context)
         if writer.streamed != response.text:
             if writer.streamed:
-                # The streamed attempt failed part way and the host re-ran the agent WITHOUT
-                # streaming: the recorded answer was never streamed, so readers start over with it.
+                # Workaround (agent-framework-durabletask 1.0.0b260922): a stream that fails part way is
+                # re-run WITHOUT streaming, so the recorded answer was never streamed: readers start over.
                 writer.restart_with(response.text, reason="the streamed attempt failed; this is the recorded answer")
             else:
                 writer.append_token(response.text)
@@ -90,7 +93,7 @@ class RedisStreamCallback:
         if self._flusher is None:  # one for every run, on a thread of its own: reliability/flusher_thread.py
             self._flusher = start_flusher_thread(self._redis_url, self._settings)
         heartbeat = self._settings.heartbeat_seconds
-        writer = RunStreamWriter(self._flusher, context.session_id, context.correlation_id, heartbeat_seconds=heartbeat)
+        writer = RunStreamWriter(self._flusher, context.session_id, context.correlation_id, heartbeat)
         writer.start()  # the run's start marker, naming this worker
         return writer
 
@@ -98,21 +101,32 @@ class RedisStreamCallback:
 def get_worker(settings: Settings, services: Services) -> DurableTaskSchedulerWorker:
     """A Durable Task worker connected to the scheduler: embedded, the emulator, or Azure."""
     connection = scheduler_connection(services.scheduler_endpoint, settings.taskhub)
+    # A thread per agent run, WORKER_MAX_CONCURRENT_RUNS of them (reliability/worker_capacity.py).
     slots, logger = run_slots(settings), quiet_worker_logger()  # quiet_worker_logger: reliability/shutdown.py
-    # A thread per agent run, WORKER_MAX_CONCURRENT_RUNS of them; a run waiting for one is reported `queued`.
-    worker = DurableTaskSchedulerWorker(**connection.arguments(), concurrency_options=slots, logger=logger)
-    return report_queued_runs(worker, settings, services.redis_url)
+    return DurableTaskSchedulerWorker(**connection.arguments(), concurrency_options=slots, logger=logger)
 
 
 def setup_worker(
-    worker: DurableTaskSchedulerWorker, settings: Settings, services: Services, environ: Mapping[str, str] | None = None
+    worker: DurableTaskSchedulerWorker, settings: Settings, services: Services, environ: Environ = None
 ) -> RedisStreamCallback:
     """Register the TravelPlanner as a durable entity whose streamed answers go to Redis."""
     callback = RedisStreamCallback(settings, services.redis_url)
     agent_worker = DurableAIAgentWorker(worker, callback=callback)
     agent = create_travel_agent(create_chat_client(environ if environ is not None else os.environ))
-    agent_worker.add_agent(ReportingAgent(agent, callback))  # so a failed run's stream ends too
+    agent_worker.add_agent(ReportingAgent(agent, callback))  # add-on: a failed run's stream ends too; Stop works
     return callback
+
+
+def start_worker(
+    settings: Settings, services: Services, stack: ExitStack, environ: Environ = None, *, long_lived: bool = False
+) -> DurableTaskSchedulerWorker:
+    """Start a worker in this process (worker.py, sample.py, web.py); `stack` stops it, before the services."""
+    worker = get_worker(settings, services)
+    callback = setup_worker(worker, settings, services, environ)
+    harden_worker(worker, settings, services, long_lived=long_lived)  # queued notices...: reliability/hardening.py
+    worker.start()
+    stack.callback(stop_worker, worker, callback, services)  # runs still going after a moment are abandoned
+    return worker
 
 
 def main() -> int:
@@ -121,14 +135,10 @@ def main() -> int:
     with ExitStack() as stack:
         settings = check_environment()
         services = provide_services(settings, stack, role="worker")  # found, or started and announced
-        worker = get_worker(settings, services)
-        callback = setup_worker(worker, settings, services)
-        freeze_startup_objects()  # shorter garbage-collector pauses while runs stream: support/gc_pauses.py
-        worker.start()
+        start_worker(settings, services, stack, long_lived=True)
         announce("worker", "TravelPlanner is ready; press Ctrl+C to stop")
         wait_for_shutdown_signal()
-        announce("worker", "stopping")
-        stop_worker(worker, callback, services)  # runs still going after a moment are abandoned
+        announce("worker", "stopping")  # the stack stops the worker, then the services it started
     return EXIT_OK
 
 

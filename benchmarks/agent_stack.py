@@ -6,23 +6,20 @@ the way tests/tutorial/test_end_to_end.py does.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
 from agent_framework import AgentResponse
-from agent_framework_durabletask import DurableAIAgent, DurableAIAgentClient, run_agent_coroutine
+from agent_framework_durabletask import DurableAIAgent, DurableAIAgentClient
 
 from agents import AGENT_NAME
 from support.config import DEFAULT_WORKER_MAX_CONCURRENT_RUNS, load_settings
 from support.ports import free_port
 from support.scheduler import connect_client
 from support.services import Services, embedded_scheduler
-from support.sessions import correlation_id_of, session_for
-from worker import get_worker, setup_worker
+from worker import start_worker
 
 
 @dataclass(frozen=True)
@@ -30,12 +27,6 @@ class AgentStack:
     agent: DurableAIAgent[AgentResponse]
     services: Services
     max_concurrent_runs: int
-
-    async def start_run(self, session_key: str, message: str) -> str | None:
-        """A fire-and-forget run, as client.py's `start_run` starts it, off the event loop."""
-        options = {"wait_for_response": False}
-        run = functools.partial(self.agent.run, message, session=session_for(session_key), options=options)
-        return correlation_id_of(await asyncio.to_thread(run))
 
 
 @contextmanager
@@ -50,13 +41,8 @@ def agent_stack(
     services = Services(scheduler_endpoint=f"http://localhost:{port}", redis_url=redis_url)
     with ExitStack() as stack:
         scheduler = stack.enter_context(embedded_scheduler(port))
-        worker = get_worker(replace(settings, worker_max_concurrent_runs=max_concurrent_runs), services)
-        callback = setup_worker(
-            worker, replace(settings), services, environ={"DEMO_MODEL_TOKEN_DELAY_MS": str(token_delay_ms)}
-        )
-        worker.start()
-        stack.callback(lambda: run_agent_coroutine(callback.aclose()))
-        stack.callback(worker.stop)
+        slots = replace(settings, worker_max_concurrent_runs=max_concurrent_runs)
+        start_worker(slots, services, stack, environ={"DEMO_MODEL_TOKEN_DELAY_MS": str(token_delay_ms)})
         stack.callback(scheduler.wait_until_idle, 5.0)  # first: the last runs report complete before the stop
         agent = DurableAIAgentClient(connect_client(services.scheduler_endpoint, settings.taskhub)).get_agent(
             AGENT_NAME

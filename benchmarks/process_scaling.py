@@ -122,12 +122,13 @@ async def wave(deployed: Deployment, sessions: int, starter: ThreadPoolExecutor)
     # One reader per session, each holding a connection while it blocks: a pool big enough for all of them.
     client = async_client(deployed.redis_url, decode_responses=True, socket_timeout=None, max_connections=sessions + 8)
     handler = RedisStreamResponseHandler(client, idle_timeout_seconds=120)
-    loop = asyncio.get_running_loop()
+    # start_run's blocking gRPC call goes to the loop's default executor: one thread per session, not 6.
+    asyncio.get_running_loop().set_default_executor(starter)
 
     async def turn(key: str) -> tuple[float | None, SessionRead]:
         asked = time.time()
-        correlation_id = await loop.run_in_executor(starter, start_run, agent, MESSAGE, key)
-        seen = await read_session(handler, key, correlation_id)
+        run = await start_run(agent, handler, key, MESSAGE)
+        seen = await read_session(handler, key, run.correlation_id, run.cursor)
         return (seen.first_token_at - asked if seen.first_token_at else None), seen
 
     cpu_before, all_cpu_before, started = deployed.worker_cpu_seconds(), deployed.cpu_seconds(), time.time()

@@ -35,6 +35,7 @@ from typing import Any
 
 from benchmarks.agent_stack import AgentStack
 from benchmarks.common import Row, RssSampler, memory_usage, new_key, summarize_ms
+from client import start_run
 from redis_stream_response_handler import TOKEN, RedisStreamResponseHandler, StreamChunk, stream_key
 from reliability.run_tracker import NUMBERED_KINDS, read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
@@ -157,8 +158,8 @@ async def end_to_end(stack: AgentStack, sessions: int) -> Row:
     started = time.time()
 
     async def turn(key: str) -> SessionRead:
-        correlation_id = await stack.start_run(key, MESSAGE)
-        return await read_session(handler, key, correlation_id)
+        run = await start_run(stack.agent, handler, key, MESSAGE)
+        return await read_session(handler, key, run.correlation_id, run.cursor)
 
     async with RssSampler() as rss:
         reads = await asyncio.gather(*(turn(key) for key in keys))

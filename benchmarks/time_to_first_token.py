@@ -22,6 +22,7 @@ import time
 
 from benchmarks.agent_stack import AgentStack
 from benchmarks.common import Row, new_key, summarize_ms
+from client import start_run
 from redis_stream_response_handler import ERROR, START, TOKEN, RedisStreamResponseHandler
 from reliability.run_tracker import read_run
 
@@ -31,13 +32,12 @@ MESSAGE = "Plan a 2-day trip to Lisbon"
 async def one_turn(stack: AgentStack, handler: RedisStreamResponseHandler) -> dict[str, float]:
     """Seconds for each leg of one turn's first token."""
     session_key = new_key("ttft")
-    cursor = await handler.last_entry_id(session_key)
     called = time.time()
-    correlation_id = await stack.start_run(session_key, MESSAGE)
+    run = await start_run(stack.agent, handler, session_key, MESSAGE)
     acknowledged = time.time()
     legs: dict[str, float] = {"start_run call returns": acknowledged - called}
     started_at = 0.0
-    async for chunk in read_run(handler, session_key, cursor, correlation_id=correlation_id):
+    async for chunk in read_run(handler, session_key, run.cursor, correlation_id=run.correlation_id):
         if chunk.kind == START:
             started_at = chunk.timestamp
         if chunk.kind == TOKEN and len(legs) == 1:

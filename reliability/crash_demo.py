@@ -29,8 +29,8 @@ import redis
 
 from redis_stream_response_handler import MARKERS_THAT_END_A_RUN, START, TOKEN, stream_key
 from reliability.durable_record import recorded_state
+from support.config import check_environment
 from support.console import EXIT_OK, EXIT_RUN_FAILED, announce, fail, setup_logging
-from support.environment import check_environment
 from support.errors import UsageError
 from support.private_redis import dying_with_this_process
 from support.scheduler import connect_client

@@ -5,7 +5,9 @@ Redis without persistence can restart empty, a write can be lost. The durable
 entity (`dafx-TravelPlanner`, keyed by the session key) keeps the whole
 conversation in its state, with each answer under its run's correlation id. The
 client reads it through the scheduler to verify a streamed answer (`--verify`)
-or to recover one the stream lost.
+or to recover one the stream lost: when a reader knows it missed tokens (a gap in
+sequence numbers), finds the stream gone (expired, or Redis restarted empty), or is
+asked to `--verify`, it compares with, or takes, the answer recorded here.
 
 Try it (with `uv run worker.py` running and a session key from a client run):
 
@@ -14,8 +16,10 @@ Try it (with `uv run worker.py` running and a session key from a client run):
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
+from typing import Protocol
 
 from agent_framework import AgentResponse
 from agent_framework_durabletask import AgentSessionId, DurableAgentState, DurableAgentStateResponse
@@ -23,6 +27,10 @@ from durabletask.client import TaskHubGrpcClient
 from durabletask.entities import EntityInstanceId
 
 from agents import AGENT_NAME
+from redis_stream_response_handler import START_OF_STREAM, RedisStreamResponseHandler, StreamChunk
+from support.console import EXIT_OK, EXIT_RUN_FAILED, announce
+from support.errors import UsageError
+from support.validation import entry_id_order
 
 
 def recorded_state(client: TaskHubGrpcClient, session_key: str) -> DurableAgentState | None:
@@ -51,14 +59,66 @@ def wait_for_recorded_answer(
 ) -> AgentResponse | None:
     """The recorded answer, waiting for it briefly.
 
-    The done marker is written from `on_agent_response`, a moment BEFORE the
-    entity's operation returns and the scheduler commits its state, so a fast
-    reader can reach the record before the record exists.
+    Workaround (agent-framework-durabletask 1.0.0b260922): the done marker is written from
+    `on_agent_response`, a moment BEFORE the entity's operation returns and the scheduler commits
+    its state, so a fast reader can reach the record before the record exists.
     """
     deadline = time.monotonic() + timeout
     while (answer := recorded_answer(client, session_key, correlation_id)) is None and time.monotonic() < deadline:
         time.sleep(0.05)
     return answer
+
+
+# ---- falling back on the record: when the stream lost something, the record has it -------------
+
+
+class AnswerPrinter(Protocol):
+    answer: str  # the text the reader printed for the current attempt
+
+    def print_recovered(self, text: str) -> None: ...
+
+
+async def print_latest_recorded_answer(scheduler: TaskHubGrpcClient, session_key: str, printer: AnswerPrinter) -> int:
+    """The stream is gone (expired, or Redis restarted): print the answer the durable agent recorded."""
+    answer = await asyncio.to_thread(latest_recorded_answer, scheduler, session_key)
+    if answer is None:
+        raise UsageError(
+            f"unknown session {session_key}: no stream and no recorded answer (it expired, or never existed)"
+        )
+    announce("client", "the stream is gone (expired, or Redis restarted); this is the answer the agent recorded:")
+    printer.print_recovered(answer.text)
+    return EXIT_OK
+
+
+async def settle_with_record(
+    scheduler: TaskHubGrpcClient, session_key: str, final: StreamChunk, printer: AnswerPrinter, verify: bool
+) -> int:
+    """Compare what was streamed with the durable record; replace a stream with gaps by the record."""
+    record = await asyncio.to_thread(wait_for_recorded_answer, scheduler, session_key, final.correlation_id)
+    if record is None:
+        print("error: the agent recorded no answer for this run; cannot verify or recover it", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    if final.missing:
+        announce(
+            "client", f"{final.missing} tokens never reached the stream; the full answer, from the durable record:"
+        )
+        printer.print_recovered(record.text)
+    elif printer.answer != record.text:
+        print("error: the streamed answer differs from the answer the agent recorded", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    if verify:
+        announce("client", "verified: the answer matches the one the durable agent recorded")
+    return EXIT_OK
+
+
+async def reattach_point_exists(handler: RedisStreamResponseHandler, session_key: str, cursor: str | None) -> bool:
+    """True when the stream still exists and `cursor` is not past its end (a UsageError then)."""
+    newest = await handler.last_entry_id(session_key)
+    if newest == START_OF_STREAM:
+        return False
+    if cursor is not None and entry_id_order(cursor) > entry_id_order(newest):
+        raise UsageError(f"cursor {cursor} is past the end of the stream (newest entry: {newest})")
+    return True
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ loop delays a write by milliseconds instead of by the whole burst:
     flusher's thread/loop ◀─────────────────────────────────── ┘── XADD … ──▶ Redis
 
 The Redis client is created on the flusher's loop and used only there; the stop watcher reads
-through it with `StreamFlusher.run` (reliability/cancellation.py).
+through it with `StreamFlusher.run` (reliability/stop_watch.py).
 
 Try it: `uv run python -m reliability.flusher_thread` streams a run whose loop is kept busy.
 """

@@ -10,7 +10,7 @@ wraps the agent so that every run's stream ends:
 - when the run fails for good (the entity retries a failed stream once WITHOUT streaming, and
   that fails too), it calls the callback's `on_run_failed`, which writes the error marker.
 
-It is also where a stop request ends a run (reliability/cancellation.py): the streamed updates go
+It is also where a stop request ends a run (reliability/stop_watch.py): the streamed updates go
 through `until_cancelled`, and a stopped run's final response is what it said before the stop.
 
 Everything else is delegated to the wrapped agent unchanged.
@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol, overload
 from agent_framework import AgentResponse, AgentResponseUpdate, AgentSession, ResponseStream, SupportsAgentRun
 from agent_framework_durabletask import AgentCallbackContext
 
-from reliability.cancellation import CancelSignal, cancelled_response, until_cancelled
+from reliability.stop_watch import CancelSignal, cancelled_response, until_cancelled
 
 RUN_STARTED = "run_started"  # marks the first, empty update of every streamed run
 
@@ -48,14 +48,12 @@ class _RunScope:
 _current_run: contextvars.ContextVar[_RunScope | None] = contextvars.ContextVar("current_run", default=None)
 
 
-def is_run_started(update: AgentResponseUpdate) -> bool:
-    """True for the empty update `ReportingAgent` yields before the model's first one."""
-    return bool((update.additional_properties or {}).get(RUN_STARTED))
-
-
 def remember_run(context: AgentCallbackContext, cancel: CancelSignal | None = None) -> None:
-    """Called by the callback on `RUN_STARTED`: a later failure of this run is reported with `context`,
-    and a stop requested through `cancel` ends its stream."""
+    """Called by the callback when a run's first update (`RUN_STARTED`) opens its writer.
+
+    A later failure of this run is reported with `context`, and a stop requested through `cancel`
+    ends its stream. Without a ReportingAgent around the agent, nothing could stop the run.
+    """
     scope = _current_run.get()
     if scope is not None:
         scope.context, scope.cancel = context, cancel

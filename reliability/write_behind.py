@@ -94,7 +94,6 @@ class RunStreamWriter:
         flusher: StreamFlusher,
         session_key: str,
         correlation_id: str,
-        *,
         heartbeat_seconds: float = 2.0,
     ) -> None:
         self.session_key = session_key

@@ -23,6 +23,8 @@ from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 from dotenv import load_dotenv
 
 from support.errors import UsageError
+from support.providers import check_model_settings
+from support.redaction import redact_url
 from support.redis_connection import ENTRA_ID, parse_target, with_options
 
 DEFAULT_TASKHUB = "default"
@@ -34,14 +36,6 @@ REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_WEB_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
 MAX_WEB_STREAMS = 5_000  # each open stream holds a Redis connection and two file descriptors
-# What may follow the '@' that ends a URL's user:password part: a host[:port], then the path or the end.
-_AFTER_USERINFO = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=\[\]:-]*(?:[/?#]|\Z)")
-# Query parameters that carry secrets (?password=..., ?token=..., ?api_key=...): their values are hidden.
-_SECRET_PARAMETER = re.compile(
-    # Not plain `auth`: REDIS_CONNECTION_STRING's `?auth=entra-id` names a method, not a secret.
-    r"([?&;][^=&;#]*(?:pass|pwd|secret|token|key|credential|authoriz|sig)[^=&;#]*=)[^&;#]*",
-    re.I,
-)
 _ASCII_WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
 _ASCII_DECIMAL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?|\.[0-9]{1,9}")
 _TASKHUB = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -115,31 +109,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "runs",
         ),
     )
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password, and the values of secret query parameters, replaced by `***`.
-
-    The ONE routine for every URL the sample prints, including URLs it cannot parse: the user
-    name stays, everything between its ':' and the '@' before the host goes, even a password with
-    an unencoded '/', '@', '?' or '#' in it (`rediss://user:se/cret@host:6380`).
-    """
-    scheme, separator, rest = url.partition("://")
-    if not separator:
-        scheme, rest = "", url
-    at = _end_of_userinfo(rest)
-    if at is not None:
-        user, colon, _ = rest[:at].partition(":")
-        rest = (f"{user}:***" if colon else "***") + rest[at:]
-    return scheme + separator + _SECRET_PARAMETER.sub(r"\1***", rest)
-
-
-def _end_of_userinfo(rest: str) -> int | None:
-    """Where the '@' that ends `user:password` is in `rest` (a URL after its `scheme://`), if anywhere."""
-    for at in reversed([index for index, char in enumerate(rest) if char == "@"]):
-        if _AFTER_USERINFO.match(rest, at + 1):
-            return at
-    return None
 
 
 def _optional(environ: Mapping[str, str], name: str) -> str | None:
@@ -318,3 +287,16 @@ def _with_tls_ca_file(redis_url: str | None, ca_file: str) -> str:
     query = [(name, value) for name, value in parse_qsl(parts.query) if name != "ssl_ca_certs"]
     query.append(("ssl_ca_certs", str(path.resolve())))
     return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> Settings:
+    """Every variable of `.env.example` checked at once, before an entry point starts anything.
+
+    `load_settings` reads what the services need; the model's variables (providers, DEMO_MODEL_*)
+    are read where the model is built, after Redis and the scheduler have started, so they are
+    checked here first too: a bad value of any variable is one `error:` line naming it (exit 2),
+    with nothing started. Raises `UsageError` for the first bad variable.
+    """
+    settings = load_settings(environ)  # with no argument, this also loads `.env` into os.environ
+    check_model_settings(environ if environ is not None else os.environ)
+    return settings

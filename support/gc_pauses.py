@@ -13,7 +13,7 @@ collections skip. Called once the worker is set up, it shortened those full coll
 section 6); what remains is the runs' own garbage. CPython's documentation suggests the same
 call before forking workers, for copy-on-write; here it is for the pauses.
 
-Try it: `uv run python -m support.gc_pauses` prints how many objects start-up leaves.
+Try it: `uv run python -m support.gc_pauses` prints how many objects a worker's imports leave.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def freeze_startup_objects() -> int:
 
 
 if __name__ == "__main__":
-    import worker  # noqa: F401  (the imports a worker process holds)
+    import agent_framework_durabletask  # noqa: F401  (the heaviest imports a worker process holds)
+    import durabletask.azuremanaged.worker  # noqa: F401
 
-    print(f"{freeze_startup_objects():,} objects frozen after importing the worker")
+    print(f"{freeze_startup_objects():,} objects frozen after importing Agent Framework and Durable Task")

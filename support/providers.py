@@ -38,10 +38,10 @@ from urllib.parse import urlsplit, urlunsplit
 from agent_framework import SupportsChatGetResponse
 from azure.core.credentials_async import AsyncTokenCredential
 
-from support.config import redact_url
 from support.console import announce_once
 from support.demo_model import demo_model_from_env, demo_model_options
 from support.errors import UsageError
+from support.redaction import redact_url
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local OpenAI-compatible servers ignore the key, but the OpenAI SDK refuses to start without one.

@@ -38,11 +38,12 @@ import redis
 from redis.auth.err import RequestTokenErr
 from redis.exceptions import RedisClusterException
 
-from support.config import Settings, load_settings, redact_url
+from support.config import Settings, load_settings
 from support.console import announce
 from support.errors import UsageError
 from support.ports import free_port, port_answers
 from support.private_redis import PrivateRedisServer
+from support.redaction import redact_url
 from support.redelivering_scheduler import LOOPBACK, RedeliveringScheduler
 from support.redis_connection import explain_token_failure, parse_target, sync_client
 from support.scheduler import scheduler_problem

@@ -9,11 +9,11 @@ session from the key rather than from a random `AgentSession`.
 from __future__ import annotations
 
 import re
+import uuid
 
 from agent_framework import AgentResponse
 from agent_framework_durabletask import AgentSessionId, DurableAgentSession
 
-from agents import AGENT_NAME
 from support.validation import validate_session_key
 
 # Workaround (agent-framework-durabletask 1.0.0b260922): the fire-and-forget acknowledgement carries
@@ -23,12 +23,12 @@ _CORRELATION_ID_IN_ACK = re.compile(r"correlation_id: ([0-9A-Za-z-]+)")
 
 def new_session_key() -> str:
     """A fresh conversation: the key its durable entity, and its stream, are named by."""
-    return AgentSessionId.with_random_key(AGENT_NAME).key
+    return uuid.uuid4().hex  # what AgentSessionId.with_random_key uses
 
 
-def session_for(session_key: str) -> DurableAgentSession:
-    """The session whose durable entity key (and stream name) is `session_key`."""
-    entity_id = AgentSessionId(name=AGENT_NAME, key=validate_session_key(session_key))
+def session_for(agent_name: str, session_key: str) -> DurableAgentSession:
+    """The session of agent `agent_name` whose durable entity key (and stream name) is `session_key`."""
+    entity_id = AgentSessionId(name=agent_name, key=validate_session_key(session_key))
     return DurableAgentSession(durable_session_id=entity_id)
 
 

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 
 import grpc
 from ag_ui.core import RunAgentInput, TextInputContent, UserMessage
-from agent_framework import AgentResponse
-from agent_framework_durabletask import DurableAIAgent
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -42,11 +40,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from client import start_run
 from redis_stream_response_handler import START_OF_STREAM, RedisStreamResponseHandler, StreamChunk
 from reliability.durable_record import wait_for_recorded_answer
 from reliability.run_tracker import read_run
 from support.errors import UsageError
-from support.sessions import correlation_id_of, session_for
 from support.validation import message_problem, validate_session_key
 from webapp.ag_ui_events import RunEvents, event_id_order, sse_frame
 from webapp.stream_budget import BudgetedEventSourceResponse, StreamBudget, too_many_streams
@@ -183,28 +181,20 @@ def record_key(thread_id: str, run_id: str) -> str:
 async def _start_run(app: Starlette, thread_id: str, run_id: str, message: str) -> RunRecord:
     handler: RedisStreamResponseHandler = app.state.handler
     key, ttl = record_key(thread_id, run_id), app.state.settings.stream_ttl_seconds + RUN_RECORD_EXTRA_SECONDS
-    # The cursor is taken BEFORE the run starts, so the stream after it holds this run and nothing older.
-    cursor = await handler.last_entry_id(thread_id)
     # NX: a retried POST must not run the agent twice. Claimed first, so two racing POSTs cannot both start.
-    if not await handler.redis.set(key, json.dumps({"cursor": cursor}), nx=True, ex=ttl):
+    if not await handler.redis.set(key, json.dumps({}), nx=True, ex=ttl):
         resume = f"GET {PATH}/{thread_id}/runs/{run_id}"
         raise RejectedError(f"run {run_id} was already started on this thread; to follow it: {resume}", 409)
     try:
-        # Fire and forget, as client.py does; a blocking gRPC call, so off the event loop.
-        correlation_id = await asyncio.to_thread(_start_durable_run, app.state.agent, message, thread_id)
+        run = await start_run(app.state.agent, handler, thread_id, message)  # fire and forget, as client.py does
     except Exception as error:
         await handler.redis.delete(key)  # nothing started: the run id is free again
         if not isinstance(error, grpc.RpcError):
             raise
         detail = f"{error.code().name} {error.details()}"  # type: ignore[attr-defined]
         raise RejectedError(f"the scheduler failed the request: {detail}", 502) from None
-    await handler.redis.set(key, json.dumps({"cursor": cursor, "correlation_id": correlation_id}), ex=ttl)
-    return RunRecord(thread_id, run_id, cursor, correlation_id)
-
-
-def _start_durable_run(agent: DurableAIAgent[AgentResponse], message: str, session_key: str) -> str | None:
-    acknowledgement = agent.run(message, session=session_for(session_key), options={"wait_for_response": False})
-    return correlation_id_of(acknowledgement)
+    await handler.redis.set(key, json.dumps({"cursor": run.cursor, "correlation_id": run.correlation_id}), ex=ttl)
+    return RunRecord(thread_id, run_id, run.cursor, run.correlation_id)
 
 
 async def _load_record(app: Starlette, thread_id: str, run_id: str) -> RunRecord:
@@ -213,6 +203,8 @@ async def _load_record(app: Starlette, thread_id: str, run_id: str) -> RunRecord
     if stored is None:
         raise RejectedError(f"no run {run_id} on thread {thread_id}: never started here, or expired", 404)
     fields = json.loads(stored)
+    if "cursor" not in fields:  # claimed by a POST whose run is starting this very moment
+        raise RejectedError(f"run {run_id} on thread {thread_id} is starting; retry in a moment", 409)
     if fields["cursor"] != START_OF_STREAM and await handler.last_entry_id(thread_id) == START_OF_STREAM:
         raise RejectedError(f"run {run_id} on thread {thread_id} is gone: its stream expired", 404)
     return RunRecord(thread_id, run_id, fields["cursor"], fields.get("correlation_id"))

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import grpc
 from agent_framework import AgentResponse
-from agent_framework_durabletask import DurableAIAgent, DurableAIAgentClient
+from agent_framework_durabletask import DurableAIAgentClient
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
@@ -50,23 +50,22 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from agents import AGENT_NAME
+from client import start_run
 from redis_stream_response_handler import DONE, ERROR, QUEUED, RESTART, START, RedisStreamResponseHandler, StreamChunk
 from reliability.durable_record import recorded_answer as recorded
 from reliability.run_tracker import read_run
-from reliability.shutdown import stop_worker
-from support.config import Settings
-from support.environment import check_environment
+from support.config import Settings, check_environment
 from support.errors import UsageError
 from support.scheduler import connect_client
 from support.services import Services, provide_services
-from support.sessions import correlation_id_of, new_session_key, session_for
+from support.sessions import new_session_key
 from support.validation import message_problem, validate_cursor, validate_session_key
 from webapp import ag_ui
 from webapp.activity_events import activity_event
 from webapp.cancel import cancel_run
 from webapp.guards import RequestGuard
 from webapp.stream_budget import BudgetedEventSourceResponse, StreamBudget, reader_handler, too_many_streams
-from worker import get_worker, setup_worker
+from worker import start_worker
 
 STATIC = Path(__file__).resolve().parent / "static"
 RETRY_MILLISECONDS = 1000  # how soon a browser's EventSource reconnects after a dropped connection
@@ -75,15 +74,7 @@ RECORD_WAIT_SECONDS = 5.0  # how long GET /answer waits for the record to appear
 RECORD_POLL_SECONDS = 0.1
 _CORRELATION_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 
-WorkerSetup = Callable[[Settings, Services, ExitStack], None]
-
-
-def start_worker_in_process(settings: Settings, services: Services, stack: ExitStack) -> None:
-    """A durable worker on background threads, as in sample.py; `stack` stops it."""
-    worker = get_worker(settings, services)
-    callback = setup_worker(worker, settings, services)
-    worker.start()
-    stack.callback(stop_worker, worker, callback, services)
+WorkerSetup = Callable[[Settings, Services, ExitStack], object]  # worker.start_worker, or a test's
 
 
 class BadRequestError(Exception):
@@ -94,9 +85,7 @@ class BadRequestError(Exception):
         self.status_code = status_code
 
 
-def create_app(
-    environ: Mapping[str, str] | None = None, worker_setup: WorkerSetup = start_worker_in_process
-) -> Starlette:
+def create_app(environ: Mapping[str, str] | None = None, worker_setup: WorkerSetup = start_worker) -> Starlette:
     """The web app; `environ` and `worker_setup` let tests choose the services and the demo model."""
 
     @asynccontextmanager
@@ -160,21 +149,14 @@ async def index(request: Request) -> Response:
 async def run_agent(request: Request) -> Response:
     """Start a run without waiting for it; answer with where its events will appear."""
     message, session_key = await _run_request(request)
-    handler: RedisStreamResponseHandler = request.app.state.handler
-    # The cursor is taken BEFORE the run starts, so the stream from it holds this turn and nothing older.
-    cursor = await handler.last_entry_id(session_key)
     try:
-        # Fire and forget, as client.py does; a blocking gRPC call, so off the event loop.
-        correlation_id = await asyncio.to_thread(_start_run, request.app.state.agent, message, session_key)
+        # Fire and forget, as client.py does; the cursor is taken BEFORE the run starts.
+        run = await start_run(request.app.state.agent, request.app.state.handler, session_key, message)
     except grpc.RpcError as error:
         detail = f"{error.code().name} {error.details()}"  # type: ignore[attr-defined]
         return JSONResponse({"error": f"the scheduler failed the request: {detail}"}, status_code=502)
-    return JSONResponse({"session": session_key, "correlation_id": correlation_id, "cursor": cursor}, status_code=202)
-
-
-def _start_run(agent: DurableAIAgent[AgentResponse], message: str, session_key: str) -> str | None:
-    acknowledgement = agent.run(message, session=session_for(session_key), options={"wait_for_response": False})
-    return correlation_id_of(acknowledgement)
+    body = {"session": session_key, "correlation_id": run.correlation_id, "cursor": run.cursor}
+    return JSONResponse(body, status_code=202)
 
 
 async def _run_request(request: Request) -> tuple[str, str]:

@@ -5,7 +5,7 @@
     404 {"error"}   unknown session (no stream and no recorded conversation)
     409 {"error"}   nothing to stop: no run in progress, or it ended before the stop reached it
 
-Closing an event stream never stops a run; only this does. See reliability/cancellation.py.
+Closing an event stream never stops a run; only this does. See reliability/stop_requests.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from redis_stream_response_handler import RedisStreamResponseHandler
-from reliability.cancellation import stop_current_run
+from reliability.stop_requests import stop_current_run
 
 STATUS_CODES = {"cancelled": 200, "unconfirmed": 202, "unknown": 404}  # anything else: 409
 

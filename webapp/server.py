@@ -17,8 +17,8 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from support.config import check_environment
 from support.console import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, fail, run_entry_point, setup_logging
-from support.environment import check_environment
 from webapp.app import create_app
 
 

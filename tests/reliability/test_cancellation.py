@@ -25,8 +25,9 @@ from redis_stream_response_handler import (
     StreamChunk,
     entry_fields,
 )
-from reliability.cancellation import CancelSignal, cancelled_response, stop_current_run, until_cancelled
 from reliability.run_tracker import read_run
+from reliability.stop_requests import stop_current_run
+from reliability.stop_watch import CancelSignal, cancelled_response, until_cancelled
 from support.demo_model import DemoChatClient
 from support.services import Services
 from support.sessions import new_session_key
@@ -61,8 +62,8 @@ async def entries_of_run(stack: Stack, session_key: str, correlation_id: str) ->
 
 async def test_a_stop_ends_the_run_for_readers_and_the_session_goes_on(stack: Stack) -> None:
     session_key = new_session_key()
-    cursor = await stack.handler.last_entry_id(session_key)
-    correlation_id = await asyncio.to_thread(start_run, stack.agent, "Plan a 3-day trip to Tokyo", session_key)
+    run = await start_run(stack.agent, stack.handler, session_key, "Plan a 3-day trip to Tokyo")
+    cursor, correlation_id = run.cursor, run.correlation_id
     assert correlation_id is not None
     seen: list[StreamChunk] = []
     async for chunk in read_run(stack.handler, session_key, cursor, correlation_id):
@@ -96,8 +97,8 @@ async def test_a_stop_reaches_a_run_whose_model_is_silent(redis_url: str) -> Non
         silent = await connect(services)
         try:
             session_key = new_session_key()
-            cursor = await silent.handler.last_entry_id(session_key)
-            correlation_id = await asyncio.to_thread(start_run, silent.agent, "Plan a trip to Rome", session_key)
+            run = await start_run(silent.agent, silent.handler, session_key, "Plan a trip to Rome")
+            cursor, correlation_id = run.cursor, run.correlation_id
             async for chunk in read_run(silent.handler, session_key, cursor, correlation_id):
                 if chunk.kind == TOOL_RESULT:
                     break  # the tools ran; the model is now silent

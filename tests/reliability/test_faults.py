@@ -183,7 +183,9 @@ async def test_redis_restarted_mid_run_every_token_arrives_once_or_is_reported_l
         with worker_stack(server.url, DEMO_MODEL_TOKEN_DELAY_MS="20") as services:
             stack = await connect(services)
             session = new_session_key()
-            correlation_id = await asyncio.to_thread(start_run, stack.agent, "Plan a 3-day trip to Nice", session)
+            correlation_id = (
+                await start_run(stack.agent, stack.handler, session, "Plan a 3-day trip to Nice")
+            ).correlation_id
             received, restart_at, after_restart = [], None, None
             async for chunk in read_run(stack.handler, session, "0-0", correlation_id=correlation_id):
                 received.append(chunk)
@@ -233,7 +235,9 @@ async def test_redis_writes_failing_twice_then_recovering_lose_and_repeat_no_tok
     ):
         stack = await connect(Services(services.scheduler_endpoint, server.url))  # the reader reads Redis itself
         session = new_session_key()
-        correlation_id = await asyncio.to_thread(start_run, stack.agent, "Plan a 2-day trip to Turin", session)
+        correlation_id = (
+            await start_run(stack.agent, stack.handler, session, "Plan a 2-day trip to Turin")
+        ).correlation_id
         chunks = [c async for c in read_run(stack.handler, session, "0-0", correlation_id=correlation_id)]
         record = await asyncio.to_thread(stack.recorded, session, correlation_id or "")
         written: Entries = await stack.handler.redis.xrange(f"agent-stream:{session}")  # type: ignore[assignment]
@@ -253,7 +257,9 @@ async def test_redis_refusing_writes_for_a_moment_loses_no_token(redis_url: str)
         stack = await connect(services)
         admin = redis.Redis.from_url(redis_url)
         session = new_session_key()
-        correlation_id = await asyncio.to_thread(start_run, stack.agent, "Plan a 2-day trip to Turin", session)
+        correlation_id = (
+            await start_run(stack.agent, stack.handler, session, "Plan a 2-day trip to Turin")
+        ).correlation_id
         chunks = []
         async for chunk in read_run(stack.handler, session, "0-0", correlation_id=correlation_id):
             chunks.append(chunk)

@@ -44,8 +44,8 @@ async def test_soak_random_interruptions_lose_and_duplicate_nothing(redis_url: s
 async def _one_run(stack: Stack, gate: asyncio.Semaphore, cut_after: float) -> tuple[int, int, bool]:
     async with gate:
         session = new_session_key()
-        cursor = await stack.handler.last_entry_id(session)
-        correlation_id = await asyncio.to_thread(start_run, stack.agent, "Plan a 2-day trip to Malmo", session)
+        run = await start_run(stack.agent, stack.handler, session, "Plan a 2-day trip to Malmo")
+        cursor, correlation_id = run.cursor, run.correlation_id
         received: list[StreamChunk] = []
         interruptions = 0
         while not (received and received[-1].kind in ("done", "error")):

@@ -11,7 +11,6 @@ missing, and the client answers from the durable record as for any other gap.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -29,7 +28,7 @@ from support.sessions import new_session_key
 from tests.conftest import cli_environment, run_cli
 from tests.streams import write_entries
 from tests.tutorial.test_end_to_end import connect, text_of
-from worker import get_worker, setup_worker
+from worker import start_worker
 
 MAX_LENGTH = 100  # the smallest REDIS_STREAM_MAX_LENGTH allowed
 
@@ -42,10 +41,7 @@ def trimming_worker(redis_url: str) -> Iterator[Services]:
     services = Services(scheduler_endpoint=f"http://localhost:{port}", redis_url=redis_url)
     with ExitStack() as stack:
         stack.enter_context(embedded_scheduler(port))
-        worker = get_worker(settings, services)
-        setup_worker(worker, settings, services, environ={"DEMO_MODEL_TOKEN_DELAY_MS": "1"})
-        worker.start()
-        stack.callback(worker.stop)
+        start_worker(settings, services, stack, environ={"DEMO_MODEL_TOKEN_DELAY_MS": "1"})
         yield services
 
 
@@ -53,8 +49,8 @@ async def test_resuming_from_a_trimmed_cursor_prints_the_whole_answer_from_the_r
     with trimming_worker(redis_url) as services:
         stack = await connect(services)
         session_key = new_session_key()
-        cursor = await stack.handler.last_entry_id(session_key)
-        correlation_id = await asyncio.to_thread(start_run, stack.agent, "Plan a 7-day trip to Rome", session_key)
+        run = await start_run(stack.agent, stack.handler, session_key, "Plan a 7-day trip to Rome")
+        cursor, correlation_id = run.cursor, run.correlation_id
         chunks = [c async for c in read_run(stack.handler, session_key, cursor, correlation_id=correlation_id)]
         await stack.handler.aclose()
         early = chunks[5].entry_id  # a cursor a reader stopped at, early in the answer

@@ -20,7 +20,7 @@ from reliability.run_tracker import RunTracker, read_run
 from support.config import Settings, load_settings
 from support.scheduler import connect_client
 from support.services import Services, embedded_scheduler, free_port
-from worker import get_worker, setup_worker
+from worker import start_worker
 
 MESSAGE = "Plan a 2-day trip to Rome"
 
@@ -31,10 +31,7 @@ def worker_on_scheduler(redis_url: str, settings: Settings, **model_env: str) ->
     services = Services(scheduler_endpoint=f"http://localhost:{port}", redis_url=redis_url)
     with ExitStack() as stack:
         stack.enter_context(embedded_scheduler(port))
-        worker = get_worker(settings, services)
-        setup_worker(worker, settings, services, environ=model_env)
-        worker.start()
-        stack.callback(worker.stop)
+        start_worker(settings, services, stack, environ=model_env)
         yield services
 
 
@@ -46,7 +43,7 @@ async def start_and_read(
     agent = DurableAIAgentClient(scheduler).get_agent(AGENT_NAME)
 
     async def turn(key: str) -> list[StreamChunk]:
-        correlation_id = await asyncio.to_thread(start_run, agent, MESSAGE, key)
+        correlation_id = (await start_run(agent, handler, key, MESSAGE)).correlation_id
         return [chunk async for chunk in read_run(handler, key, correlation_id=correlation_id)]
 
     return await asyncio.gather(*(turn(f"slots-{uuid.uuid4().hex[:12]}") for _ in range(sessions)))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from support.config import load_settings, redact_url
+from support.config import load_settings
 from support.errors import UsageError
+from support.redaction import redact_url
 
 
 def test_defaults_need_nothing_configured() -> None:

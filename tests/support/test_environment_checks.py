@@ -1,6 +1,6 @@
 """Every variable of .env.example, every input a user types: a bad value is ONE line naming it.
 
-In-process checks of `support.environment.check_environment` (which every entry point calls
+In-process checks of `support.config.check_environment` (which every entry point calls
 before starting anything), `support.config.redact_url` and `support.validation`. The entry
 points themselves are run in tests/support/test_entry_points_check_first.py.
 
@@ -13,9 +13,9 @@ import re
 
 import pytest
 
-from support.config import redact_url
-from support.environment import check_environment
+from support.config import check_environment
 from support.errors import UsageError
+from support.redaction import redact_url
 from support.validation import validate_cursor, validate_session_key
 from tests.conftest import ROOT
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from support.cli import build_parser, validate_arguments
+from cli.arguments import build_parser, validate_arguments
 from support.errors import UsageError
 from support.ports import free_port
 from tests.conftest import ROOT, cli_environment, run_cli

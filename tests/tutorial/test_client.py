@@ -1,6 +1,6 @@
 """client.py's reading side at unit level: the cursor it keeps is the last entry it printed.
 
-A real Redis holds a written stream; `stream_turn` reattaches to it as `--cursor` does, so no
+A real Redis holds a written stream; `reattach` picks it up as `--cursor` does, so no
 worker is needed. tests/tutorial/test_cli.py runs the same through a real Ctrl+C, end to end.
 """
 
@@ -14,10 +14,11 @@ import pytest
 from agent_framework_durabletask import DurableAIAgentClient
 
 from agents import AGENT_NAME
-from client import Conversation, resume_hint, stream_turn
+from cli.arguments import resume_hint
+from cli.printer import ChunkPrinter
+from client import Connections, Conversation, reattach
 from redis_stream_response_handler import DONE, START, TOKEN, RedisStreamResponseHandler, entry_fields
 from support.console import EXIT_OK
-from support.printer import ChunkPrinter
 from support.scheduler import connect_client
 from support.sessions import new_session_key
 from tests.streams import write_entries
@@ -31,11 +32,10 @@ async def handler(redis_url: str) -> AsyncIterator[RedisStreamResponseHandler]:
         yield connected
 
 
-def reattaching(handler: RedisStreamResponseHandler, endpoint: str, session: str, cursor: str) -> Conversation:
-    """What `client.py --session S --cursor C` sets up (the agent is there, but a reattach starts no run)."""
+def connected(handler: RedisStreamResponseHandler, endpoint: str) -> Connections:
+    """What `client.py --session S --cursor C` connects to (the agent is there, but a reattach starts no run)."""
     scheduler = connect_client(endpoint, "default")
-    agent = DurableAIAgentClient(scheduler).get_agent(AGENT_NAME)
-    return Conversation(session, cursor, agent, scheduler, handler)
+    return Connections(scheduler, DurableAIAgentClient(scheduler).get_agent(AGENT_NAME), handler)
 
 
 async def printed_lines(capsys: pytest.CaptureFixture[str], count: int) -> list[dict[str, object]]:
@@ -54,8 +54,8 @@ async def test_ctrl_c_between_tokens_resumes_after_the_last_entry_printed(
     session = new_session_key()
     head = [entry_fields(START, "run-1", 0), *[entry_fields(TOKEN, "run-1", n, WORDS[n]) for n in range(5)]]
     await write_entries(handler, session, head)
-    conversation = reattaching(handler, scheduler_endpoint, session, "0-0")
-    reading = asyncio.create_task(stream_turn(conversation, None, ChunkPrinter(session, as_json=True), verify=False))
+    connections, conversation = connected(handler, scheduler_endpoint), Conversation(session, "0-0")
+    reading = asyncio.create_task(reattach(connections, conversation, ChunkPrinter(session, as_json=True)))
     printed = await printed_lines(capsys, len(head))  # every entry so far printed; the reader waits in XREAD BLOCK
     reading.cancel()  # Ctrl+C: asyncio.run cancels the task, then the entry point prints the hint
     await asyncio.gather(reading, return_exceptions=True)
@@ -65,8 +65,8 @@ async def test_ctrl_c_between_tokens_resumes_after_the_last_entry_printed(
 
     tail = [entry_fields(TOKEN, "run-1", n, WORDS[n]) for n in range(5, 8)]
     await write_entries(handler, session, [*tail, entry_fields(DONE, "run-1", 8, chunks=8)])
-    resumed = reattaching(handler, scheduler_endpoint, session, hint.rsplit("--cursor ", 1)[1])
-    exit_code = await stream_turn(resumed, None, ChunkPrinter(session, as_json=True), verify=False)
+    resumed = Conversation(session, hint.rsplit("--cursor ", 1)[1])
+    exit_code = await reattach(connections, resumed, ChunkPrinter(session, as_json=True))
     rest = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
     assert exit_code == EXIT_OK and rest[-1].get("done")

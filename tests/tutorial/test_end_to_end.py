@@ -25,7 +25,7 @@ from support.ports import free_port
 from support.scheduler import connect_client
 from support.services import Services, embedded_scheduler
 from support.sessions import new_session_key
-from worker import get_worker, setup_worker
+from worker import start_worker
 
 
 @dataclass
@@ -46,10 +46,7 @@ def worker_stack(redis_url: str, **model_env: str) -> Iterator[Services]:
     services = Services(scheduler_endpoint=f"http://localhost:{port}", redis_url=redis_url)
     with ExitStack() as stack:
         stack.enter_context(embedded_scheduler(port))
-        worker = get_worker(settings, services)
-        setup_worker(worker, settings, services, environ={"DEMO_MODEL_TOKEN_DELAY_MS": "1", **model_env})
-        worker.start()
-        stack.callback(worker.stop)
+        start_worker(settings, services, stack, environ={"DEMO_MODEL_TOKEN_DELAY_MS": "1", **model_env})
         yield services
 
 
@@ -76,8 +73,8 @@ async def stack(healthy_services: Services) -> AsyncIterator[Stack]:
 
 
 async def ask(stack: Stack, session_key: str, message: str) -> tuple[str | None, list[StreamChunk]]:
-    cursor = await stack.handler.last_entry_id(session_key)
-    correlation_id = await asyncio.to_thread(start_run, stack.agent, message, session_key)
+    run = await start_run(stack.agent, stack.handler, session_key, message)
+    cursor, correlation_id = run.cursor, run.correlation_id
     chunks = [c async for c in read_run(stack.handler, session_key, cursor, correlation_id=correlation_id)]
     return correlation_id, chunks
 
@@ -105,8 +102,8 @@ async def test_the_streamed_answer_uses_the_tools_and_matches_the_durable_record
 
 async def test_resuming_mid_answer_from_a_cursor_loses_and_repeats_nothing(stack: Stack) -> None:
     session_key = new_session_key()
-    cursor = await stack.handler.last_entry_id(session_key)
-    correlation_id = await asyncio.to_thread(start_run, stack.agent, "Plan a 2-day trip to Lisbon", session_key)
+    run = await start_run(stack.agent, stack.handler, session_key, "Plan a 2-day trip to Lisbon")
+    cursor, correlation_id = run.cursor, run.correlation_id
     first_part: list[StreamChunk] = []
     async for chunk in read_run(stack.handler, session_key, cursor, correlation_id=correlation_id):
         first_part.append(chunk)

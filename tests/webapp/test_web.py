@@ -22,7 +22,6 @@ import httpx
 import pytest
 import redis
 import uvicorn
-from agent_framework_durabletask import run_agent_coroutine
 from starlette.applications import Starlette
 
 from redis_stream_response_handler import DONE, RESTART, START, RedisStreamResponseHandler, entry_fields
@@ -31,7 +30,7 @@ from support.ports import free_port
 from support.services import Services
 from tests.streams import write_entries
 from webapp.app import WorkerSetup, create_app
-from worker import get_worker, setup_worker
+from worker import start_worker
 
 RUN = "/agents/TravelPlanner/run"
 STREAM = "/agents/TravelPlanner/stream"
@@ -54,15 +53,10 @@ class Server:
 
 
 def demo_worker(**model_env: str) -> WorkerSetup:
-    """Like sample.start_worker_in_process, with the demo model configured by `model_env`."""
+    """Like worker.start_worker, with the demo model configured by `model_env`."""
 
     def start(settings: Settings, services: Services, stack: ExitStack) -> None:
-        worker = get_worker(settings, services)
-        environ = {"DEMO_MODEL_TOKEN_DELAY_MS": "2", **model_env}
-        callback = setup_worker(worker, settings, services, environ=environ)
-        worker.start()
-        stack.callback(lambda: run_agent_coroutine(callback.aclose()))
-        stack.callback(worker.stop)
+        start_worker(settings, services, stack, environ={"DEMO_MODEL_TOKEN_DELAY_MS": "2", **model_env})
 
     return start
 

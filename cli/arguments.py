@@ -1,4 +1,4 @@
-"""The command line of client.py and sample.py: flags, usage checks, and the messages to send.
+"""The command line of client.py and sample.py: flags, usage checks, the messages to send, how to resume.
 
 Usage errors are caught here, before anything connects anywhere. With no `-m` on a terminal the
 client prompts for each turn (on stderr: stdout is the answer) until an empty line or Ctrl+D; on a
@@ -12,7 +12,7 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from support.console import NothingSent
 from support.errors import UsageError
@@ -93,3 +93,22 @@ async def prompt(hint: str, stdin: TextIO) -> str | None:
         return data.decode().strip() if data else None
     except UnicodeDecodeError:
         raise UsageError("the typed text is not valid UTF-8; check your terminal's encoding") from None
+
+
+class ReadPosition(Protocol):
+    session_key: str
+    cursor: str | None  # the last entry id printed
+    resumable_elsewhere: bool  # False when the services this process started stop with it
+
+
+def resume_hint(reader: ReadPosition, program: str = "uv run client.py") -> str:
+    """What to run to pick up where this reader stopped."""
+    key, cursor = reader.session_key, reader.cursor
+    if not reader.resumable_elsewhere:
+        return (
+            f"interrupted at cursor {cursor} of session {key}; the services this process started "
+            "stop with it: run `uv run worker.py` and `uv run client.py` to try resuming across processes"
+        )
+    if cursor is None:
+        return f"interrupted before the first token; see the answer with: {program} --session {key}"
+    return f"interrupted; resume with: {program} --session {key} --cursor {cursor}"

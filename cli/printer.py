@@ -1,7 +1,7 @@
 """Printing a streamed answer: plain text on stdout, or one JSON object per chunk (`--json`).
 
 Status goes to stderr, so stdout stays the answer alone and can be piped: one `[tool]` line per
-tool call (support/tool_status.py), and how a run ended when it did not complete. On a terminal
+tool call (cli/tool_status.py), and how a run ended when it did not complete. On a terminal
 a transient line shows what the run is waiting for (the first token, a running tool).
 
 Every `--json` line has `kind` (start, token, tool_call, tool_result, restart, done, error,
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
+from cli.tool_status import ToolStatus
 from redis_stream_response_handler import (
     CANCELLED,
     DONE,
@@ -27,7 +28,6 @@ from redis_stream_response_handler import (
     StreamChunk,
 )
 from support.console import announce
-from support.tool_status import ToolStatus
 
 
 class ChunkPrinter:

@@ -1,0 +1,32 @@
+"""Production hardening for a worker, in one call: nothing here is needed to stream an answer.
+
+worker.py's `RedisStreamCallback` streams answers on a bare `DurableAIAgentWorker` (the tutorial
+test copies it alone). A worker that serves many runs for a long time also wants:
+
+- `queued` notices (reliability/worker_capacity.py): a run waiting for a free run slot is
+  reported on its stream, so its readers say "waiting for a free worker" instead of timing out;
+- shorter garbage-collector pauses (support/gc_pauses.py), for a process that lives for hours.
+
+Stopping promptly, whatever the runs are doing, is reliability/shutdown.py's `stop_worker`.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from durabletask.worker import TaskHubGrpcWorker
+
+from reliability.worker_capacity import report_queued_runs
+from support.config import Settings
+from support.gc_pauses import freeze_startup_objects
+from support.services import Services
+
+W = TypeVar("W", bound=TaskHubGrpcWorker)
+
+
+def harden_worker(worker: W, settings: Settings, services: Services, *, long_lived: bool = False) -> W:
+    """Apply the hardening above to a worker that has not started yet; returns the same worker."""
+    report_queued_runs(worker, settings, services.redis_url)  # patches a private durabletask queue: see its docstring
+    if long_lived:  # not in a test or a one-shot process: the freeze lasts as long as the process
+        freeze_startup_objects()
+    return worker
