@@ -15,7 +15,8 @@ Each entry's fields (Redis stores strings):
     correlation_id  the run this entry belongs to (one per `run(...)` call)
     timestamp       seconds since the epoch, when the worker produced it
     error, chunks   the error message (error markers), tokens in the run (done markers)
-    worker, attempt host:pid that ran it, id of one attempt at the answer (start and restart markers)
+    attempt         the attempt at the answer that wrote it (a run delivered again starts a new one)
+    worker          host:pid that ran it (start markers)
     name, call_id   the tool and its call; tool_call: + arguments (JSON), tool_result: + result, error (if it failed)
     usage, reason   done markers: {"input_tokens": N, "output_tokens": M}; cancelled markers: why the run stopped
 
@@ -48,8 +49,8 @@ MARKERS_THAT_END_A_RUN = (DONE, ERROR, CANCELLED)
 
 
 def stream_key(session_key: str) -> str:
-    """The Redis key of a conversation's stream, after checking the key is safe."""
-    return f"{STREAM_KEY_PREFIX}{validate_session_key(session_key)}"
+    """The Redis key of a conversation's stream, after checking the key is safe; `{}`: a cluster hash tag."""
+    return f"{STREAM_KEY_PREFIX}{{{validate_session_key(session_key)}}}"
 
 
 def entry_fields(kind: str, correlation_id: str, sequence: int, text: str = "", **extra: str | int) -> dict[str, str]:

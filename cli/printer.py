@@ -5,7 +5,8 @@ tool call (cli/tool_status.py), and how a run ended when it did not complete. On
 a transient line shows what the run is waiting for (the first token, a running tool).
 
 Every `--json` line has `kind` (start, token, tool_call, tool_result, restart, done, error,
-cancelled) and the fields of that kind: `name`, `call_id`, `arguments` (JSON text) on tool_call;
+cancelled), `attempt` (the attempt at the answer that wrote it; null on a `queued` notice; only the
+newest attempt is ever printed) and the fields of that kind: `name`, `call_id`, `arguments` (JSON text) on tool_call;
 `call_id`, `name`, `result` and, when the tool failed, `tool_error` on tool_result; `usage` (an
 object) on done; `reason` on cancelled.
 """
@@ -55,7 +56,7 @@ class ChunkPrinter:
         self.answer += chunk.text
         if self.as_json:
             record = {"session": self.session_key, "kind": chunk.kind, "entry_id": chunk.entry_id}
-            record |= {"sequence": chunk.sequence, "text": chunk.text, **self._fields(chunk)}
+            record |= {"sequence": chunk.sequence, "text": chunk.text, "attempt": chunk.attempt, **self._fields(chunk)}
             self._write(json.dumps(record) + "\n")
         elif chunk.text:
             self._write(chunk.text)

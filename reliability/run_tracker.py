@@ -79,6 +79,9 @@ class RunTracker:
     - a second `start` for the same run with a new attempt id (the scheduler delivered it again
       after a worker died) becomes a `restart`: the answer starts over; the same attempt id again
       is a repeat, and is dropped;
+    - every entry names the attempt that wrote it, and only the newest attempt is followed: an
+      entry of a superseded attempt (a frozen worker that woke up; reliability/fencing.py stops
+      most of them at the source) is dropped, its `done` or `error` never ends the read;
     - a jump in sequence numbers, or a done marker whose `chunks` is more than what arrived, is
       counted in `missing`, set on the done chunk: the reader can then take the answer from the
       durable record instead.
@@ -90,6 +93,7 @@ class RunTracker:
         self.next_sequence = 0
         self.seen_any = False
         self.attempt: str | None = None  # id of the attempt being read; None until its start marker
+        self.superseded: set[str] = set()  # attempts a newer start marker replaced
         self.missing = 0
         self.queued_at: str | None = None  # the busy worker this run waited for, once a `queued` notice came
 
@@ -103,6 +107,8 @@ class RunTracker:
             return chunk if first and not self.seen_any else None
         if not self.seen_any:
             self._position_after_cursor()
+        if self._of_another_attempt(chunk):
+            return None
         if chunk.kind in (START, RESTART):
             restarted = self._begin_attempt(chunk)
             if restarted is None:
@@ -128,9 +134,21 @@ class RunTracker:
             self.next_sequence = expected
             self.attempt = self.resumed_at.attempt or ""  # inside an attempt: another start is a restart
 
+    def _of_another_attempt(self, chunk: StreamChunk) -> bool:
+        """True for an entry this reader must not show: written by an attempt that is not the newest."""
+        if not chunk.attempt or chunk.attempt in self.superseded:
+            return bool(chunk.attempt)
+        if chunk.kind in (START, RESTART):
+            return False  # a newer attempt begins (or the current one's marker, repeated)
+        if not self.attempt:  # the run's start marker is before the cursor, or trimmed: follow this attempt
+            self.attempt = chunk.attempt
+        return chunk.attempt != self.attempt
+
     def _begin_attempt(self, chunk: StreamChunk) -> StreamChunk | None:
         if chunk.attempt is not None and chunk.attempt == self.attempt:
             return None  # the same marker written twice by a retried write
+        if self.attempt:
+            self.superseded.add(self.attempt)
         again = chunk.kind == START and self.attempt is not None
         self.attempt, self.next_sequence, self.missing = chunk.attempt or "", 0, 0
         if again:

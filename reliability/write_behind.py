@@ -72,6 +72,7 @@ from redis_stream_response_handler import (
     entry_fields,
 )
 from reliability.activity import RunActivity, usage_fields
+from reliability.fencing import FencedBatch, write_fenced
 from reliability.run_liveness import DEFAULT_MAX_SILENCE_SECONDS, RunLiveness
 from reliability.run_tracker import NUMBERED_KINDS, read_run
 from support.redis_connection import REDIS_FAILURES
@@ -109,6 +110,10 @@ class RunStreamWriter:
         self.written: Future[None] = Future()  # ... and the flusher has written it (awaitable from any loop)
         self.liveness = RunLiveness(flusher.max_silence_seconds)  # created on the run's task, like the writer
         self._next_sequence = 0
+        self.attempt = ""  # the attempt at the answer, written on every entry: readers follow the newest only
+        self.fence = ""  # this writer's claim on the run (reliability/fencing.py): its first attempt's id
+        self.fence_claimed = False  # set once a write claimed the run
+        self.superseded = False  # a newer attempt owns the run: this one writes nothing more
         self._pending_lock = threading.Lock()
         self.flusher = flusher
         # The callback runs inline in the run's own task: a stopping worker cancels it (reliability/shutdown.py).
@@ -184,6 +189,17 @@ class RunStreamWriter:
             batch, self.pending = self.pending, []
             return batch, self.finished
 
+    def supersede(self) -> None:
+        """A newer attempt owns the run (the scheduler delivered it again): stop this one, write nothing more."""
+        with self._pending_lock:
+            self.superseded, self.finished, self.pending = True, True, []
+        logger.warning(
+            "run %s: attempt %s was superseded by a newer attempt (the run was delivered again); stopping it",
+            self.correlation_id,
+            self.attempt,
+        )
+        self.cancel_run()
+
     def cancel_run(self) -> None:
         """Cancel the run's task, from any thread (a stopping worker)."""
         if self.run_task is not None and self.run_task is not _current_task_or_none():
@@ -203,8 +219,9 @@ class RunStreamWriter:
 
     def _begin_attempt(self, kind: str, **extra: str) -> None:
         # A fresh attempt id tells a reader "the answer starts over" apart from a start marker written twice.
-        self._next_sequence = 0
-        self._enqueue(entry_fields(kind, self.correlation_id, 0, attempt=uuid.uuid4().hex[:12], **extra))
+        self._next_sequence, self.attempt = 0, uuid.uuid4().hex[:12]
+        self.fence = self.fence or self.attempt
+        self._enqueue(entry_fields(kind, self.correlation_id, 0, **extra))
 
     def _enqueue_numbered(self, kind: str, text: str = "", **extra: str) -> None:
         self._enqueue(entry_fields(kind, self.correlation_id, self._next_sequence, text, **extra))
@@ -213,6 +230,7 @@ class RunStreamWriter:
     def _enqueue(self, fields: dict[str, str], *, final: bool = False) -> None:
         # Under the lock the flusher takes entries with: the final marker and `finished` go together,
         # so the flusher knows the batch that ends the run, and nothing is queued after it.
+        fields["attempt"] = self.attempt
         with self._pending_lock:
             if self.finished:
                 return
@@ -307,7 +325,7 @@ class StreamFlusher:
             taken = {writer: writer.take_pending() for writer in self._writers if writer.pending}
             if taken:
                 await self._write_with_retries({writer: entries for writer, (entries, _) in taken.items()}, now)
-            for writer in [writer for writer, (_, final) in taken.items() if final]:
+            for writer in [writer for writer, (_, final) in taken.items() if final or writer.superseded]:
                 self._writers.remove(writer)
                 writer.written.set_result(None)
 
@@ -320,13 +338,19 @@ class StreamFlusher:
         self._wakeup.clear()
 
     async def _write_with_retries(self, batch: dict[RunStreamWriter, list[dict[str, str]]], now: float) -> None:
-        streams = [(writer.session_key, entries) for writer, entries in batch.items()]
-        expire = {writer.session_key for writer in batch if self._expire_due(writer, now)}
+        fenced = [
+            FencedBatch(w.session_key, w.correlation_id, w.fence, not w.fence_claimed, e) for w, e in batch.items()
+        ]
+        expire = [writer.session_key for writer in batch if self._expire_due(writer, now)]
         delay = FIRST_RETRY_DELAY_SECONDS
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                await self.handler.write_streams(streams, expire)
+                owned = await write_fenced(self.handler, fenced, expire)  # refused where a newer attempt owns the run
                 self.round_trips += 1
+                for writer, still_owner in zip(batch, owned, strict=True):
+                    writer.fence_claimed = True
+                    if not still_owner:
+                        writer.supersede()
                 for writer in batch:
                     writer.last_expire = now if writer.session_key in expire else writer.last_expire
                 return

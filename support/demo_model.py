@@ -19,6 +19,8 @@ environment through `demo_model_from_env`:
 
     DEMO_MODEL_TOKEN_DELAY_MS     pause between streamed words    (default: 20)
     DEMO_MODEL_FAIL_AFTER_TOKENS  fail the itinerary after N words (default: never)
+    DEMO_MODEL_SIGNATURE          a tag put before every word of the itinerary (default: none):
+                                  workers with different tags tell apart which attempt wrote a token
 
 Try it:
 
@@ -34,7 +36,7 @@ import itertools
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,6 +71,7 @@ TOKEN_DELAY_ENV = "DEMO_MODEL_TOKEN_DELAY_MS"
 FAIL_AFTER_TOKENS_ENV = "DEMO_MODEL_FAIL_AFTER_TOKENS"
 FIRST_TOKEN_DELAY_ENV = "DEMO_MODEL_FIRST_TOKEN_DELAY_MS"
 STREAM_ONLY_FAILURE_ENV = "DEMO_MODEL_FAIL_STREAM_ONLY"
+SIGNATURE_ENV = "DEMO_MODEL_SIGNATURE"
 
 # Words that introduce a destination, strongest first: "trip to Tokyo" beats
 # "in May" when a request has both.
@@ -281,6 +284,8 @@ class DemoChatClient(
             that was never streamed).
         first_token_delay_seconds: silence before the itinerary's first word, like a slow
             tool call or a slow model: the worker's heartbeats must keep readers waiting.
+        signature: put before every word of the itinerary, streamed or not, so that two
+            attempts at one answer (two workers) say different words and a splice shows.
     """
 
     OTEL_PROVIDER_NAME = MODEL_NAME
@@ -292,6 +297,7 @@ class DemoChatClient(
         fail_after_tokens: int | None = None,
         fail_stream_only: bool = False,
         first_token_delay_seconds: float = 0.0,
+        signature: str = "",
     ) -> None:
         if token_delay_seconds < 0:
             raise ValueError(f"token_delay_seconds must be >= 0 (got {token_delay_seconds!r})")
@@ -302,6 +308,7 @@ class DemoChatClient(
         self.fail_after_tokens = fail_after_tokens
         self.fail_stream_only = fail_stream_only
         self.first_token_delay_seconds = first_token_delay_seconds
+        self.signature = signature
         announce_once(
             "model", "using the offline demo model (no model provider configured; see .env.example to use a real one)"
         )
@@ -316,6 +323,8 @@ class DemoChatClient(
     ) -> Awaitable[ChatResponse] | ResponseStream[ChatResponseUpdate, ChatResponse]:
         # Options (temperature, tool_choice, ...) are ignored: the replies are scripted.
         reply = _plan_reply(messages)
+        if self.signature and reply.text:
+            reply = replace(reply, text="".join(self.signature + token for token in _TOKEN.findall(reply.text)))
         if stream:
             return self._build_response_stream(self._stream_reply(reply))
         return self._complete_reply(reply)
@@ -387,6 +396,7 @@ def demo_model_options(environ: Mapping[str, str]) -> dict[str, Any]:
         "fail_after_tokens": fail_after,
         "fail_stream_only": _on_or_off(environ, STREAM_ONLY_FAILURE_ENV),
         "first_token_delay_seconds": first_token_ms / 1000,
+        "signature": environ.get(SIGNATURE_ENV, "").strip(),
     }
 
 

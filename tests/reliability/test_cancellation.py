@@ -24,6 +24,7 @@ from redis_stream_response_handler import (
     TOOL_RESULT,
     StreamChunk,
     entry_fields,
+    stream_key,
 )
 from reliability.run_tracker import read_run
 from reliability.stop_requests import stop_current_run
@@ -56,7 +57,7 @@ async def stop(stack: Stack, session_key: str, reason: str = "test stop") -> str
 
 
 async def entries_of_run(stack: Stack, session_key: str, correlation_id: str) -> list[dict[str, str]]:
-    entries: list[tuple[str, dict[str, str]]] = await stack.handler.redis.xrange(f"agent-stream:{session_key}")  # type: ignore[assignment]
+    entries: list[tuple[str, dict[str, str]]] = await stack.handler.redis.xrange(stream_key(session_key))  # type: ignore[assignment]
     return [fields for _, fields in entries if fields["correlation_id"] == correlation_id]
 
 

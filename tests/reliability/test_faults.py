@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from client import start_run
-from redis_stream_response_handler import DONE, HEARTBEAT, RESTART, START, TOKEN, entry_fields
+from redis_stream_response_handler import DONE, HEARTBEAT, RESTART, START, TOKEN, entry_fields, stream_key
 from reliability.run_tracker import read_run
 from support.ports import free_port
 from support.private_redis import PrivateRedisServer
@@ -106,7 +106,7 @@ def test_verify_confirms_the_streamed_answer_equals_the_record(worker: WorkerPro
 def test_a_gap_in_the_stream_is_filled_from_the_durable_record(worker: WorkerProcess) -> None:
     records, _ = json_run(worker, "-m", "Plan a 2-day trip to Bergen")
     session = str(records[0]["session"])
-    worker_redis(worker).xdel(f"agent-stream:{session}", str(records[5]["entry_id"]))  # one token lost
+    worker_redis(worker).xdel(stream_key(session), str(records[5]["entry_id"]))  # one token lost
 
     result = run_cli("client.py", "--session", session, "--cursor", "0-0", env=worker.env)
 
@@ -119,7 +119,7 @@ def test_a_gap_in_the_stream_is_filled_from_the_durable_record(worker: WorkerPro
 def test_an_expired_stream_is_recovered_from_the_durable_record(worker: WorkerProcess) -> None:
     records, _ = json_run(worker, "-m", "Plan a 2-day trip to Ghent")
     session = str(records[0]["session"])
-    worker_redis(worker).delete(f"agent-stream:{session}")  # TTL ran out, or Redis restarted empty
+    worker_redis(worker).delete(stream_key(session))  # TTL ran out, or Redis restarted empty
 
     result = run_cli("client.py", "--session", session, "--cursor", str(records[3]["entry_id"]), env=worker.env)
 
@@ -135,7 +135,7 @@ def test_restart_detection_shows_a_restart_not_a_splice(worker: WorkerProcess) -
     again = [entry_fields(START, "run-1", 0), *[entry_fields(TOKEN, "run-1", n, f"second{n} ") for n in range(4)]]
     stream = worker_redis(worker)
     for fields in [*attempt, *again, entry_fields(DONE, "run-1", 4, chunks=4)]:
-        stream.xadd(f"agent-stream:{session}", fields)  # type: ignore[arg-type]
+        stream.xadd(stream_key(session), fields)  # type: ignore[arg-type]
 
     records, result = json_run(worker, "--session", session, "--cursor", "0-0")
 
@@ -191,14 +191,14 @@ async def test_redis_restarted_mid_run_every_token_arrives_once_or_is_reported_l
                 received.append(chunk)
                 if len(received) == 15:  # mid-answer: hold the writes, then read up to the newest entry
                     admin.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
-                    held: Entries = admin.xrevrange(f"agent-stream:{session}")  # type: ignore[assignment]
+                    held: Entries = admin.xrevrange(stream_key(session))  # type: ignore[assignment]
                     restart_at = next(entry_id for entry_id, fields in held if fields["kind"] != HEARTBEAT)
                 if chunk.entry_id == restart_at:  # the reader has it all: Redis restarts, empty (no persistence)
                     server.__exit__()
                     server = PrivateRedisServer(port).__enter__()
                     restart_at, after_restart = None, len(received)
             record = await asyncio.to_thread(stack.recorded, session, correlation_id or "")
-            new_stream: Entries = admin.xrange(f"agent-stream:{session}")  # type: ignore[assignment]
+            new_stream: Entries = admin.xrange(stream_key(session))  # type: ignore[assignment]
             await stack.handler.aclose()
     finally:
         server.__exit__()
@@ -240,7 +240,7 @@ async def test_redis_writes_failing_twice_then_recovering_lose_and_repeat_no_tok
         ).correlation_id
         chunks = [c async for c in read_run(stack.handler, session, "0-0", correlation_id=correlation_id)]
         record = await asyncio.to_thread(stack.recorded, session, correlation_id or "")
-        written: Entries = await stack.handler.redis.xrange(f"agent-stream:{session}")  # type: ignore[assignment]
+        written: Entries = await stack.handler.redis.xrange(stream_key(session))  # type: ignore[assignment]
         await stack.handler.aclose()
 
     final = chunks[-1]

@@ -7,7 +7,16 @@ import uuid
 
 from agent_framework import AgentResponseUpdate
 
-from redis_stream_response_handler import DONE, ERROR, HEARTBEAT, RESTART, START, TOKEN, RedisStreamResponseHandler
+from redis_stream_response_handler import (
+    DONE,
+    ERROR,
+    HEARTBEAT,
+    RESTART,
+    START,
+    TOKEN,
+    RedisStreamResponseHandler,
+    stream_key,
+)
 from reliability.run_liveness import ENDED_WITHOUT_A_MARKER
 from reliability.run_tracker import read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
@@ -16,7 +25,7 @@ from tests.streams import write_entries
 
 
 async def all_entries(handler: RedisStreamResponseHandler, conversation: str) -> list[dict[str, str]]:
-    entries: list[tuple[str, dict[str, str]]] = await handler.redis.xrange(f"agent-stream:{conversation}")  # type: ignore[assignment]
+    entries: list[tuple[str, dict[str, str]]] = await handler.redis.xrange(stream_key(conversation))  # type: ignore[assignment]
     return [fields for _, fields in entries]
 
 
@@ -145,7 +154,7 @@ async def test_concurrent_runs_share_one_flusher_and_its_round_trips(redis_url: 
             await asyncio.sleep(0.002)
         await asyncio.gather(*(writer.finish() for writer in writers))
         streams = [await all_entries(handler, writer.session_key) for writer in writers]
-        ttls = [await handler.redis.ttl(f"agent-stream:{writer.session_key}") for writer in writers]
+        ttls = [await handler.redis.ttl(stream_key(writer.session_key)) for writer in writers]
         round_trips = flusher.round_trips
 
     for entries in streams:

@@ -24,7 +24,7 @@ import sys
 import pytest
 import redis
 
-from redis_stream_response_handler import STREAM_KEY_PREFIX
+from redis_stream_response_handler import stream_key
 from support.ports import free_port
 from support.validation import MAX_MESSAGE_CHARACTERS
 from tests.conftest import ROOT, cli_environment, run_cli
@@ -86,7 +86,7 @@ def test_every_invalid_environment_value_exits_2_naming_the_variable(name: str, 
 
 def test_a_cursor_past_the_end_of_the_stream_exits_2(redis_url: str, scheduler_endpoint: str) -> None:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    newest = str(client.xadd(f"{STREAM_KEY_PREFIX}past-the-end", {"kind": "token", "text": "hi"}))
+    newest = str(client.xadd(stream_key("past-the-end"), {"kind": "token", "text": "hi"}))
     client.close()
     beyond = f"{int(newest.split('-')[0]) + 1}-0"
     env = cli_environment(ENDPOINT=scheduler_endpoint, REDIS_CONNECTION_STRING=redis_url)

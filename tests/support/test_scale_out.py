@@ -24,6 +24,7 @@ from typing import cast
 import pytest
 import redis
 
+from redis_stream_response_handler import stream_key
 from support.ports import free_port
 from support.providers import PROVIDER_VARIABLES
 from tests.conftest import ROOT, cli_environment, run_cli
@@ -124,7 +125,7 @@ def _run_client(place: str, env: dict[str, str]) -> subprocess.CompletedProcess[
 def _worker_that_ran(redis_url: str, session: str) -> str:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        entries = cast(list[tuple[str, dict[str, str]]], client.xrange(f"agent-stream:{session}"))
+        entries = cast(list[tuple[str, dict[str, str]]], client.xrange(stream_key(session)))
     finally:
         client.close()
     starts = [fields for _entry_id, fields in entries if fields.get("kind") == "start"]

@@ -39,7 +39,7 @@ ADMIN_PASSWORD = "admin-Pa55word"  # the default user's (--requirepass)
 STREAMER = "streamer"
 # Least privilege for the sample: its own keys, and only the commands it sends.
 STREAMER_ACL = ["on", f">{PASSWORD}", "resetkeys", "~agent-stream:*", "resetchannels", "-@all", "+@connection"]
-STREAMER_ACL += ["+xadd", "+xread", "+xrevrange", "+expire", "+multi", "+exec", "+discard"]
+STREAMER_ACL += ["+xadd", "+xread", "+xrevrange", "+expire", "+multi", "+exec", "+discard", "+eval", "+hget", "+hset"]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from cli.arguments import build_parser, validate_arguments
+from redis_stream_response_handler import stream_key
 from support.errors import UsageError
 from support.ports import free_port
 from tests.conftest import ROOT, cli_environment, run_cli
@@ -92,7 +93,7 @@ def test_cancel_from_a_third_terminal_ends_the_tailing_client_and_the_session_go
 def assert_nothing_of_the_run_follows_its_cancelled_marker(worker: WorkerProcess, session: str) -> None:
     time.sleep(1)  # a worker that kept going would have written more tokens by now (100 ms each)
     with redis.Redis(port=int(worker.env["LOCAL_REDIS_PORT"]), decode_responses=True) as client:
-        entries: list[tuple[str, dict[str, str]]] = client.xrange(f"agent-stream:{session}")  # type: ignore[assignment]
+        entries: list[tuple[str, dict[str, str]]] = client.xrange(stream_key(session))  # type: ignore[assignment]
     kinds = [fields["kind"] for _, fields in entries if fields["kind"] != "heartbeat"]
     assert kinds[-1] == "cancelled" and kinds.count("cancelled") == 1
 

@@ -1,0 +1,90 @@
+"""Fencing: a superseded attempt at a run can no longer write to its stream.
+
+The scheduler delivers a run again when it thinks its worker died. A worker that was only frozen
+(a GC pause, a VM live migration, SIGSTOP) wakes up still running the old attempt, and without a
+fence it would keep appending tokens and its own `done` to the same stream as the new attempt.
+
+Every attempt's writer holds a fence token (the id of its start marker's attempt). The run's
+current owner is kept in a hash beside the stream:
+
+    agent-stream:{session}            the stream
+    agent-stream:{session}:attempts   correlation id -> fence token of the attempt that owns the run
+
+Both keys carry the session key as a hash tag (`{...}`), so they live in one cluster hash slot and
+one Lua script may touch both: the check and the XADDs are one atomic step, on a single node or
+on Redis Cluster. An attempt's first write CLAIMS the run (the newest attempt wins: it started
+last); every later write of any attempt first checks it still owns the run, and writes nothing
+if not. The writer that is refused learns it was superseded and stops its run (write_behind.py).
+
+What this cannot tell: an attempt frozen BEFORE its first write claims the run when it wakes,
+after the newer one; the scheduler will refuse its completion, and readers (run_tracker.py)
+still follow only the newest start marker, so no reader splices two attempts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from redis_stream_response_handler import RedisStreamResponseHandler, stream_key
+
+ATTEMPTS_SUFFIX = ":attempts"
+
+# KEYS: the stream, its attempts hash. ARGV: correlation id, fence token, "1" to claim, MAXLEN,
+# TTL seconds, then each entry as its number of field/value items followed by the items.
+_FENCED_XADD = """
+local owner = redis.call('HGET', KEYS[2], ARGV[1])
+if ARGV[3] == '1' or not owner then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+elseif owner ~= ARGV[2] then
+  return 0
+end
+local ids, i = {}, 6
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return ids
+"""
+
+
+def attempts_key(session_key: str) -> str:
+    return stream_key(session_key) + ATTEMPTS_SUFFIX
+
+
+@dataclass(frozen=True)
+class FencedBatch:
+    """One run's pending entries, written only while `fence` owns the run (or claims it)."""
+
+    session_key: str
+    correlation_id: str
+    fence: str
+    claim: bool  # the attempt's first write: take the run over from any older attempt
+    entries: Sequence[Mapping[str, str]]
+
+
+async def write_fenced(
+    handler: RedisStreamResponseHandler, batches: Sequence[FencedBatch], expire: Sequence[str] = ()
+) -> list[bool]:
+    """Write every batch in ONE round trip (a pipeline of scripts); False for a batch whose attempt was superseded.
+
+    `expire`: session keys whose stream TTL is due for a refresh (with the final marker, or every few minutes).
+    """
+    async with handler.redis.pipeline(transaction=False) as pipe:
+        for batch in batches:
+            items = [str(item) for fields in batch.entries for item in (len(fields) * 2, *_flat(fields))]
+            keys = [stream_key(batch.session_key), attempts_key(batch.session_key)]
+            claim = "1" if batch.claim else "0"
+            args = [batch.correlation_id, batch.fence, claim, handler.max_length, handler.ttl_seconds, *items]
+            pipe.eval(_FENCED_XADD, 2, *keys, *args)  # type: ignore[arg-type]
+        for session_key in expire:
+            pipe.expire(stream_key(session_key), handler.ttl_seconds)
+            pipe.expire(attempts_key(session_key), handler.ttl_seconds)
+        results = await pipe.execute()
+    return [result != 0 for result in results[: len(batches)]]
+
+
+def _flat(fields: Mapping[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]

@@ -1,0 +1,106 @@
+"""Exactly once when a run is delivered again while its first attempt still runs (a frozen worker).
+
+Two lines of defence, each tested on its own against a real Redis:
+- the fence (reliability/fencing.py): once a newer attempt has claimed the run, the older
+  attempt's writes are refused atomically, and its run is cancelled;
+- the reader (reliability/run_tracker.py): entries of a superseded attempt that reached the
+  stream anyway are never shown, and a superseded `done` never ends the read.
+Every attempt here says different words ("old…", "new…"), so a splice would show.
+tests/reliability/test_frozen_worker.py stages the same with real processes and SIGSTOP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from redis_stream_response_handler import DONE, START, TOKEN, RedisStreamResponseHandler, entry_fields, stream_key
+from reliability.run_tracker import read_run
+from reliability.write_behind import RunStreamWriter, StreamFlusher
+from tests.streams import write_entries
+
+RUN = "run-1"
+
+
+async def entries_of(handler: RedisStreamResponseHandler, session: str) -> list[dict[str, str]]:
+    raw: list[tuple[str, dict[str, str]]] = await handler.redis.xrange(stream_key(session))  # type: ignore[assignment]
+    return [fields for _, fields in raw]
+
+
+async def until_written(handler: RedisStreamResponseHandler, session: str, count: int) -> None:
+    """Block (XREAD) until the session's stream holds `count` entries."""
+    cursor, seen = "0-0", 0
+    async with asyncio.timeout(10):
+        while seen < count:
+            reply: Any = await handler.redis.xread({stream_key(session): cursor}, block=1000)
+            for entry_id, _ in reply[0][1] if reply else []:
+                cursor, seen = str(entry_id), seen + 1
+
+
+async def test_a_superseded_attempt_is_fenced_out_and_its_run_cancelled(redis_url: str) -> None:
+    session = f"fence-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url) as handler:
+        flusher = StreamFlusher(handler)
+        new_attempt_started = asyncio.Event()
+        old_writer: list[RunStreamWriter] = []
+
+        async def old_attempt() -> None:  # the frozen worker's run: it wakes up after the new attempt began
+            writer = RunStreamWriter(flusher, session, RUN)
+            old_writer.append(writer)
+            writer.start()
+            for n in range(3):
+                writer.append_token(f"old{n} ")
+            await new_attempt_started.wait()
+            writer.append_token("old3 ")
+            await writer.finish()
+            await asyncio.sleep(10)  # the fence cancels this run long before
+
+        old_run = asyncio.create_task(old_attempt())
+        await until_written(handler, session, 4)
+        new = RunStreamWriter(flusher, session, RUN)
+        new.start()
+        new.append_token("new0 ")
+        await until_written(handler, session, 6)
+        new_attempt_started.set()
+
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(old_run, 5)  # the old attempt's write was refused, and its run stopped
+        new.append_token("new1 ")
+        await new.finish()
+        written = await entries_of(handler, session)
+        chunks = [chunk async for chunk in read_run(handler, session, correlation_id=RUN)]
+
+    assert old_writer[0].superseded and not new.superseded
+    new_start = next(index for index, fields in enumerate(written) if fields.get("attempt") == new.attempt)
+    assert all(fields["attempt"] == new.attempt for fields in written[new_start:])  # nothing of the old one after
+    assert [fields["kind"] for fields in written].count(DONE) == 1
+    after_restart = chunks[[chunk.kind for chunk in chunks].index("restart") + 1 :]
+    assert "".join(chunk.text for chunk in after_restart) == "new0 new1 " and after_restart[-1].kind == DONE
+
+
+async def test_a_reader_never_shows_a_superseded_attempt_that_reached_the_stream(redis_url: str) -> None:
+    # The fence's second line: the stream holds the old attempt's late tokens and its done (written
+    # unfenced here), interleaved with the new attempt's. Readers from the start, and readers resuming
+    # inside the new attempt, see the new attempt alone and end on ITS done.
+    session = f"splice-{uuid.uuid4().hex}"
+
+    def entry(kind: str, attempt: str, sequence: int, text: str = "", **extra: str) -> dict[str, str]:
+        return entry_fields(kind, RUN, sequence, text, attempt=attempt, **extra)
+
+    async with RedisStreamResponseHandler.from_url(redis_url, idle_timeout_seconds=2) as handler:
+        old_head = [entry(START, "old", 0), entry(TOKEN, "old", 0, "old0 "), entry(TOKEN, "old", 1, "old1 ")]
+        new_head = [entry(START, "new", 0), entry(TOKEN, "new", 0, "new0 ")]
+        zombie = [entry(TOKEN, "old", 2, "old2 "), entry(DONE, "old", 3, chunks="3")]
+        new_tail = [entry(TOKEN, "new", 1, "new1 "), entry(DONE, "new", 2, chunks="2")]
+        ids = await write_entries(handler, session, [*old_head, *new_head, *zombie, *new_tail])
+        from_start = [chunk async for chunk in read_run(handler, session, correlation_id=RUN)]
+        resumed = [chunk async for chunk in read_run(handler, session, ids[4], RUN)]  # after "new0 "
+
+    restart = [chunk.kind for chunk in from_start].index("restart")
+    assert "".join(chunk.text for chunk in from_start[restart:]) == "new0 new1 "
+    assert from_start[-1].kind == DONE and from_start[-1].attempt == "new" and from_start[-1].missing == 0
+    assert "".join(chunk.text for chunk in resumed) == "new1 " and resumed[-1].attempt == "new"
+    assert all(chunk.attempt == "new" for chunk in resumed)
