@@ -54,6 +54,7 @@ class ReconnectingReads:
         """The entries after `cursor` (XREAD's reply; empty when none arrived for the patience)."""
         delay = FIRST_RETRY_SECONDS
         while True:
+            asked = time.monotonic()
             try:
                 response = await self.redis.xread({self.key: cursor}, block=self.block_ms, count=500)
             except RETRIED as error:
@@ -61,7 +62,7 @@ class ReconnectingReads:
                 delay = min(delay * 2, MAX_RETRY_SECONDS)
                 continue
             raise_if_cancel_was_swallowed()  # support/redis_quirks.py, workaround 1
-            self._answered(cursor)
+            self._answered(cursor, asked)
             return response
 
     async def _back_off(self, error: Exception, cursor: str, delay: float) -> None:
@@ -78,12 +79,12 @@ class ReconnectingReads:
         self.failed_attempts += 1
         await asyncio.sleep(min(delay, remaining))  # the last attempt falls on the deadline
 
-    def _answered(self, cursor: str) -> None:
+    def _answered(self, cursor: str, asked: float) -> None:
         self.last_answer = time.monotonic()
-        if self.outage_began is not None:
+        if self.outage_began is not None:  # Redis was back when it was asked (its reply may have waited for entries)
             logger.warning(
                 "Redis reads resumed after %.1fs (%d failed attempts), from cursor %s",
-                self.last_answer - self.outage_began,
+                asked - self.outage_began,
                 self.failed_attempts,
                 cursor,
             )
