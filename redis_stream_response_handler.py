@@ -35,7 +35,7 @@ from typing import Any
 
 from support.redis_connection import AsyncRedis, async_client
 from support.redis_quirks import socket_timeout_outlasting
-from support.redis_reads import xread_reconnecting
+from support.redis_reads import ReconnectingReads
 from support.validation import validate_cursor, validate_session_key
 
 logger = logging.getLogger(__name__)
@@ -166,13 +166,12 @@ class RedisStreamResponseHandler:
 
         XREAD BLOCK parks the request in Redis until an entry arrives, so a token is yielded within
         a millisecond of its XADD: no polling sleep. Raises `StreamIdleTimeoutError` when nothing,
-        not even a heartbeat, arrives for `idle_timeout_seconds`.
+        not even a heartbeat, arrives for `idle_timeout_seconds`; a Redis outage is ridden out as long.
         """
-        key = stream_key(session_key)
+        reads = ReconnectingReads(self.redis, stream_key(session_key), patience_seconds=self.idle_timeout_seconds)
         cursor = validate_cursor(cursor) if cursor is not None else START_OF_STREAM
-        block_ms = max(1, int(self.idle_timeout_seconds * 1000))
         while True:
-            response = await xread_reconnecting(self.redis, key, cursor, block_ms)  # rides out a dropped connection
+            response = await reads.after(cursor)  # reconnects from the cursor (support/redis_reads.py)
             if not response:
                 raise StreamIdleTimeoutError(cursor)
             for entry_id, fields in response[0][1]:
