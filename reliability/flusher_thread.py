@@ -42,8 +42,12 @@ def start_flusher_thread(redis_url: str, settings: Settings) -> StreamFlusher:
 
     async def open_on_its_loop() -> RedisStreamResponseHandler:
         # A redis.asyncio client (and its Entra ID token renewal) belongs to the loop it is used on: this one.
+        # The idle timeout bounds how long a write is retried through an outage (write_behind.py).
         return RedisStreamResponseHandler.from_url(
-            redis_url, ttl_seconds=settings.stream_ttl_seconds, max_length=settings.stream_max_length
+            redis_url,
+            ttl_seconds=settings.stream_ttl_seconds,
+            max_length=settings.stream_max_length,
+            idle_timeout_seconds=settings.idle_timeout_seconds,
         )
 
     handler = asyncio.run_coroutine_threadsafe(open_on_its_loop(), loop).result()

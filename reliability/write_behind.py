@@ -25,7 +25,9 @@ redis-py (see docs/benchmarks.md). The flusher also:
   or that made no progress for `max_silence_seconds`, gets an error marker
   instead, so no reader waits for it for ever (see run_liveness.py);
 - refreshes each stream's TTL with EXPIRE when it is due, not on every token;
-- retries a failed write with backoff, and if Redis is still unreachable counts
+- retries a failed write with capped backoff for as long as readers wait out an
+  outage (the idle timeout), so an answer that ends while Redis restarts still
+  ends with its done marker; if Redis is still unreachable it counts
   the tokens it could not write and goes on: Redis trouble never fails the
   agent run, and the done marker's `chunks` lets a reader detect the gap;
 - writes a run's `done`, `error` or `cancelled` marker only after every earlier entry;
@@ -81,8 +83,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
-WRITE_ATTEMPTS = 4
 FIRST_RETRY_DELAY_SECONDS = 0.1
+MAX_RETRY_DELAY_SECONDS = 1.0
 FINAL_WRITE_SECONDS = 1.0
 ABANDONED = "the worker stopped before this run finished (Ctrl+C or SIGTERM); ask again"
 
@@ -342,8 +344,10 @@ class StreamFlusher:
             FencedBatch(w.session_key, w.correlation_id, w.fence, not w.fence_claimed, e) for w, e in batch.items()
         ]
         expire = [writer.session_key for writer in batch if self._expire_due(writer, now)]
-        delay = FIRST_RETRY_DELAY_SECONDS
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
+        # Retried for as long as readers wait out an outage (their idle timeout), so an answer that ends
+        # while Redis restarts still ends with its done marker; capped backoff, so it is written soon after.
+        delay, deadline = FIRST_RETRY_DELAY_SECONDS, time.monotonic() + self.handler.idle_timeout_seconds
+        while True:
             try:
                 owned = await write_fenced(self.handler, fenced, expire)  # refused where a newer attempt owns the run
                 self.round_trips += 1
@@ -355,11 +359,14 @@ class StreamFlusher:
                     writer.last_expire = now if writer.session_key in expire else writer.last_expire
                 return
             except REDIS_FAILURES as error:
-                if attempt == WRITE_ATTEMPTS:
+                if time.monotonic() + delay > deadline:
                     self._give_up(batch, error)
                     return
+                if delay == FIRST_RETRY_DELAY_SECONDS:
+                    left = deadline - time.monotonic()
+                    logger.warning("Redis write failed (%s); retrying for up to %.0fs", error, left)
                 await asyncio.sleep(delay)
-                delay *= 2
+                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
 
     def _expire_due(self, writer: RunStreamWriter, now: float) -> bool:
         # The TTL is minutes long: refresh it a few times per TTL, and always with the final marker,
@@ -370,8 +377,8 @@ class StreamFlusher:
         for writer, entries in batch.items():
             writer.tokens_lost += _count_tokens(entries)
             logger.error(
-                "Redis write failed %d times (%s); %d tokens of run %s not streamed",
-                WRITE_ATTEMPTS,
+                "Redis writes failed for %gs (%s); %d tokens of run %s not streamed",
+                self.handler.idle_timeout_seconds,
                 error,
                 _count_tokens(entries),
                 writer.correlation_id,

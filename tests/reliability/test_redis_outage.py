@@ -19,8 +19,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from redis_stream_response_handler import START, TOKEN, RedisStreamResponseHandler, entry_fields
+from redis_stream_response_handler import DONE, START, TOKEN, RedisStreamResponseHandler, entry_fields, stream_key
 from reliability.durable_record import latest_recorded_answer
+from reliability.run_tracker import read_run
+from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.ports import free_port
 from support.private_redis import PrivateRedisServer
 from support.redis_reads import RedisUnreachableError
@@ -115,7 +117,7 @@ def test_redis_down_longer_than_the_idle_timeout_ends_with_one_error_line_and_th
     session, idle_timeout = new_session_key(), 6.0
     stream = redis.Redis.from_url(restartable_redis.url, decode_responses=True)
     for fields in [entry_fields(START, "run-1", 0), *[entry_fields(TOKEN, "run-1", n, f"t{n} ") for n in range(3)]]:
-        stream.xadd(f"agent-stream:{session}", fields)  # type: ignore[arg-type]
+        stream.xadd(stream_key(session), fields)  # type: ignore[arg-type]
     stream.close()
     env = cli_environment(
         ENDPOINT=scheduler_endpoint,
@@ -177,3 +179,28 @@ async def test_the_outage_is_counted_from_redis_last_answer_not_from_when_the_re
         await reading
     assert time.monotonic() - stopped < 2.0  # about 1 s: the idle timeout since Redis last answered
     await handler.aclose()
+
+
+async def test_an_answer_that_ends_while_redis_is_down_is_written_whole_when_it_returns(
+    restartable_redis: RestartableRedis,
+) -> None:
+    # The writer's side of the same outage, at the default idle timeout (20 s): the last tokens and
+    # the done marker are queued while Redis is down, and written once it is back, none lost.
+    session = new_session_key()
+    async with RedisStreamResponseHandler.from_url(restartable_redis.url) as handler:
+        writer = RunStreamWriter(StreamFlusher(handler), session, "run-1")
+        writer.start()
+        writer.append_token("before ")
+        await asyncio.sleep(0.2)  # written
+        restartable_redis.stop()
+        writer.append_token("during ")
+        finishing = asyncio.ensure_future(writer.finish())
+        await asyncio.sleep(OUTAGE_SECONDS)
+        assert not finishing.done()  # still retrying, not given up
+        restartable_redis.start()
+        await asyncio.wait_for(finishing, 10)
+        chunks = [chunk async for chunk in read_run(handler, session, correlation_id="run-1")]
+
+    assert writer.tokens_lost == 0
+    assert [chunk.text for chunk in chunks if chunk.kind == TOKEN] == ["during "]  # Redis came back empty
+    assert chunks[-1].kind == DONE and chunks[-1].chunks == 2

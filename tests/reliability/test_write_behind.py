@@ -183,7 +183,7 @@ async def test_a_batch_repeated_by_a_retry_is_read_once(redis_url: str) -> None:
 async def test_a_cluster_with_no_reachable_node_loses_the_tokens_but_ends_the_run() -> None:
     """redis-py raises RedisClusterException (not a RedisError) here: the flusher must survive it."""
     unreachable = f"redis://127.0.0.1:{free_port()}?cluster=true"
-    async with RedisStreamResponseHandler.from_url(unreachable) as handler:
+    async with RedisStreamResponseHandler.from_url(unreachable, idle_timeout_seconds=2) as handler:
         writer = RunStreamWriter(StreamFlusher(handler), f"writer-{uuid.uuid4().hex}", "run-1")
         writer.start()
         writer.append_token("lost ")

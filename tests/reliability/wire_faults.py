@@ -1,8 +1,9 @@
 """A loopback TCP proxy in front of a real redis-server that makes chosen writes fail, at the wire.
 
 Point a client at `proxy.url` instead of the server's own URL. Every command passes through
-unchanged, except the pipelines that carry XADD ("writes"), numbered from 0 in the order they
-arrive over all connections. A write whose number is in `faults` fails one of two ways:
+unchanged, except the pipelines that carry XADD or the worker's fenced-write script (EVAL):
+"writes", numbered from 0 in the order they arrive over all connections. A write whose number
+is in `faults` fails one of two ways:
 
 - `REPLY_LOST`: the write reaches Redis and is applied; then the proxy cuts the connection before
   the reply gets back (a network drop at the worst moment). The client sees a connection error
@@ -109,7 +110,7 @@ class WireFaults:
             commands, buffered = buffered[:complete], buffered[complete:]
             if not commands:
                 continue
-            if b"XADD" in names:
+            if b"XADD" in names or b"EVAL" in names:  # the worker writes through a script (reliability/fencing.py)
                 fault = self.faults.get(self.writes)
                 self.writes += 1
                 await self._limit_memory(fault == REFUSED)
