@@ -19,7 +19,7 @@ Each entry's fields (Redis stores strings):
     name, call_id   the tool and its call; tool_call: + arguments (JSON), tool_result: + result, error (if it failed)
     usage, reason   done markers: {"input_tokens": N, "output_tokens": M}; cancelled markers: why the run stopped
 
-Try it (writes a short run to the Redis on localhost:6379, reads it back): `uv run python -m reliability.write_behind`
+Try it (writes a short run to Redis, reads it back): `uv run python -m reliability.write_behind`
 
 Read next: reliability/run_tracker.py follows ONE run through this stream (repeats, restarts, gaps).
 """
