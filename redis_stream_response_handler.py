@@ -7,20 +7,20 @@ number of readers tail it, stop, and resume at any entry id (a cursor) with no g
                                                    ▲
                       a client reconnects: XREAD from its last entry id
 
-Each entry's fields (Redis stores strings):
+Each entry's fields (Redis stores strings); the one description of the format, which other files refer to:
 
     kind            token | tool_call | tool_result | start | restart | heartbeat | queued | done | error | cancelled
-    text            the token's text ("" for markers)
-    sequence        position of the token (or tool entry) within its run (markers: how many so far)
-    correlation_id  the run this entry belongs to (one per `run(...)` call)
-    timestamp       seconds since the epoch, when the worker produced it
-    error, chunks   the error message (error markers), tokens in the run (done markers)
-    attempt         the attempt at the answer that wrote it (a run delivered again starts a new one)
-    worker          host:pid that ran it (start markers)
-    name, call_id   the tool and its call; tool_call: + arguments (JSON), tool_result: + result, error (if it failed)
-    usage, reason   done markers: {"input_tokens": N, "output_tokens": M}; cancelled markers: why the run stopped
+    text, sequence  a token's text ("" for markers); its (or a tool entry's) place in the run (markers: how many so far)
+    correlation_id  the run this entry belongs to (one per `run(...)` call); timestamp: when written (epoch seconds)
+    attempt, worker every entry: the attempt at the answer that wrote it (readers follow the newest only: a second
+                    start means the run was delivered again); start: + worker, the host:pid that runs it
+    name, call_id   the tool and its call; tool_call: + arguments (JSON text); tool_result: + result (cut at 2,000
+                    characters, saying so), error (if the tool failed)
+    chunks, usage   done: entries numbered in the run, {"input_tokens": N, "output_tokens": M} (when reported)
+    error, reason   error: the message; restart (the host retried without streaming), cancelled: why (+ usage)
+    slots, waiting  queued (the run waits for a free slot of `worker`); heartbeat: nothing more (alive, but silent)
 
-Try it (writes a short run to the Redis on localhost:6379, reads it back): `uv run python -m reliability.write_behind`
+Try it (writes a short run to Redis, reads it back): `uv run python -m reliability.write_behind`
 
 Read next: reliability/run_tracker.py follows ONE run through this stream (repeats, restarts, gaps).
 """
@@ -43,8 +43,7 @@ logger = logging.getLogger(__name__)
 STREAM_KEY_PREFIX = "agent-stream:"
 START_OF_STREAM = "0-0"  # XREAD returns ids strictly greater than this: everything
 TOKEN, START, RESTART, HEARTBEAT, DONE, ERROR = "token", "start", "restart", "heartbeat", "done", "error"
-TOOL_CALL, TOOL_RESULT, CANCELLED = "tool_call", "tool_result", "cancelled"  # reliability/activity.py, cancellation.py
-QUEUED = "queued"  # a run waiting for a free worker slot (reliability/worker_capacity.py)
+TOOL_CALL, TOOL_RESULT, CANCELLED, QUEUED = "tool_call", "tool_result", "cancelled", "queued"
 MARKERS_THAT_END_A_RUN = (DONE, ERROR, CANCELLED)
 
 

@@ -33,7 +33,8 @@ from durabletask.azuremanaged.worker import DurableTaskSchedulerWorker
 from agents import create_chat_client, create_travel_agent
 from reliability.flusher_thread import start_flusher_thread
 from reliability.hardening import harden_worker
-from reliability.reporting_agent import ReportingAgent, remember_run
+from reliability.reporting_agent import ReportingAgent
+from reliability.run_scope import remember_run
 from reliability.shutdown import quiet_worker_logger, stop_worker
 from reliability.stop_watch import CancelWatcher, cancel_reason
 from reliability.worker_capacity import run_slots

@@ -3,8 +3,8 @@
 The request itself is reliability/stop_requests.py; this turns its outcome into a line and an exit
 status: 0 the run stopped, 1 nothing stopped, 2 an unknown session.
 
-Try it: start `uv run worker.py`, `uv run client.py`, and from a third terminal
-`uv run client.py --session <key> --cancel`.
+Seen at work: README.md, "Stopping a run" (the outcomes, from three terminals), and
+tests/tutorial/test_cli_activity.py, which runs exactly that.
 """
 
 from __future__ import annotations

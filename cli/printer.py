@@ -4,11 +4,13 @@ Status goes to stderr, so stdout stays the answer alone and can be piped: one `[
 tool call (cli/tool_status.py), and how a run ended when it did not complete. On a terminal
 a transient line shows what the run is waiting for (the first token, a running tool).
 
-Every `--json` line has `kind` (start, token, tool_call, tool_result, restart, done, error,
-cancelled), `attempt` (the attempt at the answer that wrote it; null on a `queued` notice; only the
-newest attempt is ever printed) and the fields of that kind: `name`, `call_id`, `arguments` (JSON text) on tool_call;
-`call_id`, `name`, `result` and, when the tool failed, `tool_error` on tool_result; `usage` (an
-object) on done; `reason` on cancelled.
+A `--json` line is one chunk: `kind`, `session`, `entry_id` (a cursor), `sequence`, `text`, `attempt`
+(the attempt at the answer that wrote it; null on a `queued` notice; only the newest attempt is ever
+printed), and its kind's fields named as in the stream (the entry kinds and fields:
+redis_stream_response_handler.py), except: start, queued, restart and done carry a flag named after
+their kind (`"start": true`) instead of their marker fields (done keeps `usage`, as an object); a
+failed tool's message is `tool_error` (`error` means the run failed). An answer recovered from the
+durable record is one line with `"kind": "done", "recovered": true` and the whole `text`.
 """
 
 from __future__ import annotations

@@ -3,14 +3,10 @@
 The callback receives every `AgentResponseUpdate` of a run. Besides text, its `contents` carry the
 model's function calls, the tools' results and the model's token usage (agent-framework-core
 1.23.0: content types `function_call`, `function_result`, `usage`). `RunActivity` turns one run's
-updates into stream entries, in the order they happened:
-
-    token        text            the words of the answer (unchanged)
-    tool_call    name, call_id, arguments (JSON text of the arguments object)
-    tool_result  call_id, name (when known), result (text, cut to RESULT_LIMIT characters with a
-                 marker saying so), error (only when the tool failed)
-
-and adds up the run's usage for the done marker. Whatever a model or tool hands over (arguments
+updates into `token`, `tool_call` and `tool_result` entries, in the order they happened (the entry
+kinds and fields: redis_stream_response_handler.py), and adds up the run's usage for the done marker.
+A tool result's `name` is its call's (so absent when the call was never seen); results and arguments
+are cut to RESULT_LIMIT characters, with a marker saying so. Whatever a model or tool hands over (arguments
 that are not JSON, values JSON cannot hold, a result of megabytes, text that is not valid UTF-8)
 becomes an entry a reader can display; it never raises into the callback.
 

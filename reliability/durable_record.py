@@ -9,9 +9,8 @@ or to recover one the stream lost: when a reader knows it missed tokens (a gap i
 sequence numbers), finds the stream gone (expired, or Redis restarted empty), or is
 asked to `--verify`, it compares with, or takes, the answer recorded here.
 
-Try it (with `uv run worker.py` running and a session key from a client run):
-
-    uv run python -m reliability.durable_record <session key>
+Try it: `uv run sample.py --verify -m "Plan a 2-day trip to Oslo"` ends by comparing the streamed answer with
+the recorded one (`[client] verified: ...`).
 """
 
 from __future__ import annotations
@@ -119,13 +118,3 @@ async def reattach_point_exists(handler: RedisStreamResponseHandler, session_key
     if cursor is not None and entry_id_order(cursor) > entry_id_order(newest):
         raise UsageError(f"cursor {cursor} is past the end of the stream (newest entry: {newest})")
     return True
-
-
-if __name__ == "__main__":
-    from support.config import load_settings
-    from support.scheduler import connect_client
-
-    settings = load_settings()
-    client = connect_client(settings.endpoint or f"http://localhost:{settings.local_scheduler_port}", settings.taskhub)
-    latest = latest_recorded_answer(client, sys.argv[1])
-    print(latest.text if latest is not None else f"no recorded answer for session {sys.argv[1]}")

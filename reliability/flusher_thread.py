@@ -16,7 +16,7 @@ loop delays a write by milliseconds instead of by the whole burst:
 The Redis client is created on the flusher's loop and used only there; the stop watcher reads
 through it with `StreamFlusher.run` (reliability/stop_watch.py).
 
-Try it: `uv run python -m reliability.flusher_thread` streams a run whose loop is kept busy.
+Try it: `uv run python -m reliability.flusher_thread` streams a run whose loop is kept busy (Redis: as write_behind).
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def _keep_busy(seconds: float) -> None:
         pass
 
 
-async def _demo() -> None:
-    flusher = start_flusher_thread("redis://localhost:6379", load_settings({}))
+async def _demo(redis_url: str) -> None:
+    flusher = start_flusher_thread(redis_url, load_settings({}))
     conversation = f"flusher-thread-demo-{uuid.uuid4().hex}"
     writer = RunStreamWriter(flusher, conversation, "run-1")
     writer.start()
@@ -76,11 +76,14 @@ async def _demo() -> None:
         writer.append_token(word + " ")
         _keep_busy(0.05)  # the agents' loop, busy (set-up of other runs): the flusher's thread writes anyway
     await writer.finish()
-    async with RedisStreamResponseHandler.from_url("redis://localhost:6379") as reader:
+    async with RedisStreamResponseHandler.from_url(redis_url) as reader:
         async for chunk in read_run(reader, conversation, correlation_id="run-1"):
             print(chunk.entry_id, chunk.kind, repr(chunk.text))
     await flusher.aclose()
 
 
 if __name__ == "__main__":
-    asyncio.run(_demo())
+    from support.services import demo_redis
+
+    with demo_redis() as demo_url:
+        asyncio.run(_demo(demo_url))

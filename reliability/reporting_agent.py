@@ -10,55 +10,26 @@ wraps the agent so that every run's stream ends:
 - when the run fails for good (the entity retries a failed stream once WITHOUT streaming, and
   that fails too), it calls the callback's `on_run_failed`, which writes the error marker.
 
-It is also where a stop request ends a run (reliability/stop_watch.py): the streamed updates go
-through `until_cancelled`, and a stopped run's final response is what it said before the stop.
-
-Everything else is delegated to the wrapped agent unchanged.
+Each streamed run gets a run scope (reliability/run_scope.py), which the callback fills in with the
+run's context, and through which a stop request ends the run. Everything else is delegated to the
+wrapped agent unchanged.
 """
 
 from __future__ import annotations
 
-import contextvars
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Literal, Protocol, overload
 
 from agent_framework import AgentResponse, AgentResponseUpdate, AgentSession, ResponseStream, SupportsAgentRun
 from agent_framework_durabletask import AgentCallbackContext
 
-from reliability.stop_watch import CancelSignal, cancelled_response, until_cancelled
+from reliability.run_scope import RunScope, current_run, open_run_scope
 
 RUN_STARTED = "run_started"  # marks the first, empty update of every streamed run
 
 
 class RunFailureListener(Protocol):
     async def on_run_failed(self, context: AgentCallbackContext, error: BaseException) -> None: ...
-
-
-@dataclass
-class _RunScope:
-    """The run's callback context, once known. The entity runs the agent's stream, the callback
-    and any retry in ONE asyncio task, so a context variable set when the run starts is visible
-    to all of them, and to no other run."""
-
-    context: AgentCallbackContext | None = None
-    cancel: CancelSignal | None = None  # how a stop request reaches this run, once it is watched
-
-
-_current_run: contextvars.ContextVar[_RunScope | None] = contextvars.ContextVar("current_run", default=None)
-
-
-def remember_run(context: AgentCallbackContext, cancel: CancelSignal | None = None) -> None:
-    """Called by the callback when a run's first update (`RUN_STARTED`) opens its writer.
-
-    A later failure of this run is reported with `context`, and a stop requested through `cancel`
-    ends its stream. Without a ReportingAgent around the agent, nothing could stop the run.
-    """
-    scope = _current_run.get()
-    if scope is not None:
-        scope.context, scope.cancel = context, cancel
-    elif cancel is not None:
-        cancel.close()  # not a run of a ReportingAgent: nothing could stop it
 
 
 class ReportingAgent:
@@ -90,30 +61,27 @@ class ReportingAgent:
         self, messages: Any = None, *, stream: bool = False, session: AgentSession | None = None, **kwargs: Any
     ) -> Awaitable[AgentResponse] | ResponseStream[AgentResponseUpdate, AgentResponse]:
         if stream:
-            scope = _RunScope()
-            _current_run.set(scope)
+            scope = open_run_scope()
             inner = self._agent.run(messages, stream=True, session=session, **kwargs)
-            return ResponseStream(self._stream(inner, scope), finalizer=lambda updates: _final(inner, updates, scope))
+            return ResponseStream(self._stream(inner, scope), finalizer=lambda ups: scope.final_response(inner, ups))
         return self._run_to_completion(messages, session=session, **kwargs)
 
     async def _stream(
-        self, inner: ResponseStream[AgentResponseUpdate, AgentResponse], scope: _RunScope
+        self, inner: ResponseStream[AgentResponseUpdate, AgentResponse], scope: RunScope
     ) -> AsyncIterator[AgentResponseUpdate]:
         yield AgentResponseUpdate(role="assistant", additional_properties={RUN_STARTED: True})
-        # The callback has now seen RUN_STARTED, so `scope.cancel` is set (when the worker watches for stops).
-        updates = until_cancelled(inner, scope.cancel) if scope.cancel is not None else inner
+        # The callback has now seen RUN_STARTED, so the scope holds the run's stop signal (if the worker watches).
         try:
-            async for update in updates:
+            async for update in scope.stoppable(inner):
                 yield update
         finally:
-            if scope.cancel is not None:
-                scope.cancel.close()  # however the stream ends, the worker stops watching for its stop
+            scope.close()
 
     async def _run_to_completion(self, messages: Any, **kwargs: Any) -> AgentResponse:
         try:
             return await self._agent.run(messages, **kwargs)
         except Exception as error:
-            scope = _current_run.get()
+            scope = current_run()
             if scope is not None and scope.context is not None:
                 await self._listener.on_run_failed(scope.context, error)
             raise
@@ -123,12 +91,3 @@ class ReportingAgent:
 
     def get_session(self, service_session_id: Any, **kwargs: Any) -> AgentSession:
         return self._agent.get_session(service_session_id, **kwargs)
-
-
-def _final(
-    inner: ResponseStream[AgentResponseUpdate, AgentResponse], updates: Sequence[AgentResponseUpdate], scope: _RunScope
-) -> Awaitable[AgentResponse] | AgentResponse:
-    """The run's final response: the agent's own, or, for a stopped run, what it streamed before the stop."""
-    if scope.cancel is not None and scope.cancel.reason is not None:
-        return cancelled_response(updates, scope.cancel.reason)
-    return inner.get_final_response()

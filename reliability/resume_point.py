@@ -11,25 +11,26 @@ loses its first entries while it is written, and a reader resuming from one of t
 as trimmed, and the reader then expects sequence 0: a first token above it is a leading gap,
 counted as missing, and the answer comes from the durable record.
 
-Try it (after any `uv run sample.py`, against the same Redis):
-
-    uv run python -m reliability.resume_point <session key> <cursor>
+Try it: `uv run python -m reliability.resume_point` writes a short run, then shows where a cursor at its
+second token stands, before and after the stream is trimmed (Redis: the one sample.py would use).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
+import uuid
 from dataclasses import dataclass
 
 from redis_stream_response_handler import (
+    START,
     START_OF_STREAM,
     TOKEN,
     TOOL_CALL,
     TOOL_RESULT,
     RedisStreamResponseHandler,
     StreamChunk,
+    entry_fields,
     stream_key,
 )
 from support.validation import entry_id_order, validate_cursor
@@ -75,10 +76,19 @@ async def resume_point(handler: RedisStreamResponseHandler, session_key: str, cu
     return ResumePoint(trimmed=trimmed)
 
 
-async def _show(session_key: str, cursor: str, url: str = "redis://localhost:6379") -> None:
-    async with RedisStreamResponseHandler.from_url(url) as handler:
-        print(await resume_point(handler, session_key, cursor))
+async def _demo(redis_url: str) -> None:
+    session_key = f"resume-demo-{uuid.uuid4().hex}"
+    words = [entry_fields(TOKEN, "run-1", sequence, f"word{sequence} ") for sequence in range(5)]
+    async with RedisStreamResponseHandler.from_url(redis_url, ttl_seconds=60) as handler:
+        ids = await handler.write_streams([(session_key, [entry_fields(START, "run-1", 0, attempt="a1"), *words])])
+        cursor = ids[2]  # a reader saw the start marker and two tokens
+        print("cursor at the second token:", await resume_point(handler, session_key, cursor))
+        await handler.redis.xtrim(stream_key(session_key), maxlen=2, approximate=False)  # as MAXLEN does to a long run
+        print("the same cursor, trimmed:  ", await resume_point(handler, session_key, cursor))
 
 
 if __name__ == "__main__":
-    asyncio.run(_show(sys.argv[1], sys.argv[2]))
+    from support.services import demo_redis
+
+    with demo_redis() as demo_url:
+        asyncio.run(_demo(demo_url))

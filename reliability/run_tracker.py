@@ -4,15 +4,14 @@ A conversation's stream holds every turn, heartbeats, and (after faults) repeate
 entries. `read_run` turns the raw entries after a cursor into the chunks of one run, ending with
 its done or error marker, or with an error chunk when nothing arrives for the idle timeout.
 
-Try it (after any `uv run sample.py`, against the same Redis):
-
-    uv run python -m reliability.run_tracker <session key>    # the first run still in its stream
+Try it: `uv run python -m reliability.run_tracker` writes a run with a repeated entry, a restart and a gap,
+then prints what a reader sees of it (Redis: the one sample.py would use).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -31,6 +30,7 @@ from redis_stream_response_handler import (
     RedisStreamResponseHandler,
     StreamChunk,
     StreamIdleTimeoutError,
+    entry_fields,
 )
 from reliability.resume_point import ResumePoint, resume_point
 
@@ -169,11 +169,25 @@ class RunTracker:
         return f"the answer stopped: nothing arrived for {idle_timeout:g}s (the worker may have died)"
 
 
-async def _show_first_run(session_key: str, url: str = "redis://localhost:6379") -> None:
-    async with RedisStreamResponseHandler.from_url(url, idle_timeout_seconds=1) as handler:
+async def _demo(redis_url: str) -> None:
+    session_key, run = f"tracker-demo-{uuid.uuid4().hex}", "run-1"
+    entries = [
+        entry_fields(START, run, 0, attempt="a1", worker="host-a:1"),
+        entry_fields(TOKEN, run, 0, "Day 1 "),
+        entry_fields(TOKEN, run, 0, "Day 1 "),  # written twice by a retried write: read once
+        entry_fields(START, run, 0, attempt="a2", worker="host-b:2"),  # delivered again to another worker: a restart
+        entry_fields(TOKEN, run, 0, "Day 1: "),
+        entry_fields(TOKEN, run, 2, "museums."),  # sequence 1 never arrived: counted as missing
+        entry_fields(DONE, run, 3, chunks=3),
+    ]
+    async with RedisStreamResponseHandler.from_url(redis_url, ttl_seconds=60, idle_timeout_seconds=1) as handler:
+        await handler.write_streams([(session_key, entries)])
         async for chunk in read_run(handler, session_key):
-            print(chunk.entry_id, chunk.kind, repr(chunk.text or chunk.error or ""))
+            print(f"{chunk.kind:8} {chunk.text or chunk.error or ''!r:60} missing={chunk.missing}")
 
 
 if __name__ == "__main__":
-    asyncio.run(_show_first_run(sys.argv[1]))
+    from support.services import demo_redis
+
+    with demo_redis() as demo_url:
+        asyncio.run(_demo(demo_url))

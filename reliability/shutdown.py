@@ -18,7 +18,7 @@ The cancelled runs and the worker's own cancelled work-item stream are logged by
 error and a warning ("Error in work item stream: <_MultiThreadedRendezvous ... CANCELLED>");
 `quiet_worker_logger` drops exactly those records, so a normal shutdown prints nothing.
 
-Try it: `uv run worker.py`, start `uv run client.py` in another terminal, press Ctrl+C in the first.
+Seen at work: tests/reliability/test_shutdown.py; README.md, "Two terminals", says what Ctrl+C on a worker does.
 """
 
 from __future__ import annotations

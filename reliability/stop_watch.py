@@ -1,9 +1,9 @@
 """Noticing a stop, in the worker: a run's CancelSignal, and the watcher that polls for requests.
 
     CancelWatcher (one per worker loop) GETs the cancel keys of its running runs every 0.25 s
-      └─ the run's CancelSignal: ReportingAgent stops pulling from the model (at once, even
-         mid tool call or mid silence), the run ends with what it said so far, and the callback
-         writes a `cancelled` marker that ends the run for every reader.
+      └─ the run's CancelSignal, in its run scope (reliability/run_scope.py): ReportingAgent stops
+         pulling from the model (at once, even mid tool call or mid silence), the run ends with what
+         it said so far, and the callback writes a `cancelled` marker that ends the run for every reader.
 
 The requesting side is reliability/stop_requests.py.
 

@@ -18,7 +18,7 @@ heartbeat interval until the run gets a slot:
 
 Readers show "waiting for a free worker" and keep waiting while these arrive.
 
-Try it: `WORKER_MAX_CONCURRENT_RUNS=1 uv run worker.py`, then two `uv run client.py` at once.
+Seen at work: tests/reliability/test_worker_capacity.py, two conversations on a worker with one slot.
 """
 
 from __future__ import annotations

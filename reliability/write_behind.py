@@ -43,7 +43,7 @@ A retried write may repeat entries that did reach Redis before the connection
 dropped (the pipeline is not a transaction, so it also works on a cluster).
 Readers skip them: tokens and tool entries by sequence number, start markers by `attempt` id.
 
-Try it: `uv run python -m reliability.write_behind` streams a short run to the Redis on localhost:6379.
+Try it: `uv run python -m reliability.write_behind` streams a short run to Redis (the one sample.py would use).
 """
 
 from __future__ import annotations
@@ -404,8 +404,8 @@ def _count_tokens(entries: list[dict[str, str]]) -> int:
     return sum(1 for fields in entries if fields["kind"] in NUMBERED_KINDS)
 
 
-async def _demo() -> None:
-    async with RedisStreamResponseHandler.from_url("redis://localhost:6379", ttl_seconds=60) as handler:
+async def _demo(redis_url: str) -> None:
+    async with RedisStreamResponseHandler.from_url(redis_url, ttl_seconds=60) as handler:
         conversation = f"writer-demo-{uuid.uuid4().hex}"
         writer = RunStreamWriter(StreamFlusher(handler), conversation, "run-1")
         writer.start()
@@ -418,4 +418,7 @@ async def _demo() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_demo())
+    from support.services import demo_redis
+
+    with demo_redis() as demo_url:
+        asyncio.run(_demo(demo_url))

@@ -27,9 +27,8 @@ re-delivered (this sample has none; the base class keeps no record of them).
 It also binds `host` (loopback by default, not the base class's `[::]`) and
 refuses a port another server already holds, instead of sharing it silently.
 
-Try it: `uv run scheduler_server.py`, two `uv run worker.py`, then
-`uv run client.py` and kill (SIGKILL) the worker named in the answer's start
-entry; or just `uv run sample.py --crash-demo`.
+Seen at work: reliability/crash_demo.py kills a worker mid-answer and watches its run come back
+(`sample.py --crash-demo`); README.md, "Workers that come and go", runs several workers by hand.
 """
 
 from __future__ import annotations

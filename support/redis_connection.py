@@ -20,13 +20,15 @@ Azure Managed Redis, OSS clustering policy, managed identity:
 
 A token is never printed: it lives only in the credential provider and the AUTH command.
 
-Try it (PINGs the Redis named by the URL, and says how it connected):
+Try it (PINGs the Redis that REDIS_CONNECTION_STRING names, else localhost:6379, or the URL given as its
+argument, such as "redis://localhost:7000?cluster=true", and says how it connected):
 
-    uv run python -m support.redis_connection "redis://localhost:7000?cluster=true"
+    uv run python -m support.redis_connection
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -162,5 +164,7 @@ def explain_token_failure(name: str, error: Exception) -> str:
 
 
 if __name__ == "__main__":
-    demo_url = sys.argv[1] if len(sys.argv) > 1 else "redis://localhost:6379"
+    # The variable as set: support/config.py (which imports this module) would also fold in REDIS_CLUSTER, REDIS_AUTH.
+    configured = os.environ.get("REDIS_CONNECTION_STRING") or "redis://localhost:6379"
+    demo_url = sys.argv[1] if len(sys.argv) > 1 else configured
     print(sync_client(demo_url, socket_connect_timeout=2).ping(), parse_target(demo_url).describe() or "one node")

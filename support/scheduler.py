@@ -17,7 +17,7 @@ call: something else listening there (a web server on 8080 is common) is then
 one clear configuration error, not a gRPC failure on the first real request or
 a worker that retries forever.
 
-Try it: `uv run python -m support.scheduler http://localhost:8080`
+Try it: `uv run python -m support.scheduler` says whether a scheduler answers at ENDPOINT (else localhost:8080).
 """
 
 from __future__ import annotations
@@ -102,6 +102,10 @@ def scheduler_problem(endpoint: str, taskhub: str, timeout: float = 5.0) -> str 
 
 
 if __name__ == "__main__":
-    endpoint = sys.argv[1] if len(sys.argv) > 1 else "http://localhost:8080"
-    print(scheduler_connection(endpoint, "default"))
-    print(scheduler_problem(endpoint, "default") or "a Durable Task scheduler answers there")
+    from support.config import load_settings
+
+    settings = load_settings()
+    configured = settings.endpoint or f"http://localhost:{settings.local_scheduler_port}"
+    endpoint = sys.argv[1] if len(sys.argv) > 1 else configured
+    print(scheduler_connection(endpoint, settings.taskhub))
+    print(scheduler_problem(endpoint, settings.taskhub) or "a Durable Task scheduler answers there")

@@ -165,6 +165,20 @@ def _start_private_redis(port: int, stack: ExitStack) -> str:
     return server.url
 
 
+@contextlib.contextmanager
+def demo_redis() -> Iterator[str]:
+    """The Redis a module's own demo (`python -m reliability.write_behind`, ...) writes to.
+
+    The one `sample.py` would use: REDIS_CONNECTION_STRING, else the one on localhost, else a private
+    one that stops when the demo ends, so a demo runs on a fresh machine too.
+    """
+    plan = _plan_redis(load_settings(), "sample")
+    with ExitStack() as stack:
+        if plan.url is not None:
+            announce("redis", plan.announcement)
+        yield plan.url or _start_private_redis(plan.port, stack)
+
+
 def start_shared_redis(settings: Settings, stack: ExitStack) -> None:
     """For scheduler_server.py: a private Redis on LOCAL_REDIS_PORT that outlives the workers.
 

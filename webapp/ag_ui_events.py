@@ -1,7 +1,8 @@
 """One run's stream chunks as AG-UI events, each with an SSE id that orders and resumes exactly.
 
 `RunEvents` is a pure, deterministic mapping from the chunks `read_run` yields (one run, in stream
-order, repeats already dropped) to the protocol's own event models (`ag_ui.core`):
+order, repeats already dropped; the entry kinds and fields: redis_stream_response_handler.py) to the
+protocol's own event models (`ag_ui.core`):
 
     first chunk          RUN_STARTED (threadId, runId: the client's own ids, as agent-framework-ag-ui does)
     token                TEXT_MESSAGE_START (when no message is open), TEXT_MESSAGE_CONTENT

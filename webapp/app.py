@@ -7,9 +7,9 @@ app's lifespan.
     POST /agents/TravelPlanner/run                    {"message": "...", "session": optional}
          -> 202 {"session": key, "correlation_id": id, "cursor": entry id taken BEFORE the run}
     GET  /agents/TravelPlanner/stream/{session}?cursor=...&correlation_id=...
-         -> text/event-stream: one event per stream entry after the cursor;
-            `id` = the Redis entry id, `event` = message | tool_call | tool_result | restart | queued | done
-            | error | cancelled (see `to_event`)
+         -> text/event-stream: one event per stream entry after the cursor (the entry kinds and fields:
+            redis_stream_response_handler.py); `id` = the Redis entry id, `event` = message (a token) |
+            tool_call | tool_result | restart | queued | done | error | cancelled (see `to_event`)
     POST /agents/TravelPlanner/cancel/{session}       -> stop the session's current run (webapp/cancel.py)
     GET  /agents/TravelPlanner/answer/{session}/{correlation_id}
          -> {"text": ...}: the answer the durable entity recorded (404 until it exists)

@@ -7,7 +7,7 @@ of the app: at 300 open streams `POST /run` failed with 500 and 200 streams died
 200), the requests that start runs keep theirs, and a stream asked for past the budget is refused
 at once with 503 and `Retry-After`, which a browser's EventSource or a script can act on.
 
-Try it: `WEB_MAX_STREAMS=1 uv run web.py`, open two streams (see webapp/app.py), the second gets 503.
+Seen at work: tests/webapp/test_web_guards.py, streams past a budget of two get 503 and runs still start.
 """
 
 from __future__ import annotations

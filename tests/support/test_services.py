@@ -1,4 +1,4 @@
-"""The private Redis server lives and dies with the process that started it."""
+"""The private Redis server lives and dies with the process, or the demo, that started it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 
-from support.ports import port_answers
+import pytest
+import redis
+
+from support.ports import free_port, port_answers
+from support.services import demo_redis
 
 STARTER = """
 import sys, time
@@ -33,3 +38,14 @@ def test_a_sigkilled_owner_does_not_leave_its_private_redis_holding_the_port() -
         assert not port_answers("127.0.0.1", port), f"Redis still answers on {port} after its owner was killed"
     finally:
         owner.kill()
+
+
+def test_a_demo_with_no_redis_configured_or_listening_gets_a_private_one_that_stops_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("REDIS_CONNECTION_STRING", "REDIS_TLS_CA_FILE", "REDIS_CLUSTER", "REDIS_AUTH"):
+        monkeypatch.setenv(name, "")  # unset, and `.env` cannot fill it in
+    monkeypatch.setenv("LOCAL_REDIS_PORT", str(free_port()))  # nothing listens there
+    with demo_redis() as url:
+        assert redis.Redis.from_url(url).ping()
+    assert not port_answers("127.0.0.1", urlsplit(url).port or 6379)
