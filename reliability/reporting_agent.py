@@ -12,6 +12,10 @@ wraps the agent so that every run's stream ends:
 
 It is also where a stop request ends a run (reliability/stop_watch.py): the streamed updates go
 through `until_cancelled`, and a stopped run's final response is what it said before the stop.
+The request is read once before the wrapped agent's stream is even created: a run stopped while
+it waited for a run slot ends there, having asked no model and run no tool. (Creating the stream
+and not reading it would not do: Agent Framework 1.23.0's telemetry finalizes a closed, unread
+stream by reading it to the end, which runs the model and the tools.)
 
 Everything else is delegated to the wrapped agent unchanged.
 """
@@ -19,7 +23,7 @@ Everything else is delegated to the wrapped agent unchanged.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, overload
 
@@ -43,6 +47,7 @@ class _RunScope:
 
     context: AgentCallbackContext | None = None
     cancel: CancelSignal | None = None  # how a stop request reaches this run, once it is watched
+    inner: ResponseStream[AgentResponseUpdate, AgentResponse] | None = None  # the agent's stream, once started
 
 
 _current_run: contextvars.ContextVar[_RunScope | None] = contextvars.ContextVar("current_run", default=None)
@@ -92,17 +97,25 @@ class ReportingAgent:
         if stream:
             scope = _RunScope()
             _current_run.set(scope)
-            inner = self._agent.run(messages, stream=True, session=session, **kwargs)
-            return ResponseStream(self._stream(inner, scope), finalizer=lambda updates: _final(inner, updates, scope))
+
+            def start() -> ResponseStream[AgentResponseUpdate, AgentResponse]:
+                return self._agent.run(messages, stream=True, session=session, **kwargs)
+
+            return ResponseStream(self._stream(start, scope), finalizer=lambda updates: _final(updates, scope))
         return self._run_to_completion(messages, session=session, **kwargs)
 
     async def _stream(
-        self, inner: ResponseStream[AgentResponseUpdate, AgentResponse], scope: _RunScope
+        self, start: Callable[[], ResponseStream[AgentResponseUpdate, AgentResponse]], scope: _RunScope
     ) -> AsyncIterator[AgentResponseUpdate]:
         yield AgentResponseUpdate(role="assistant", additional_properties={RUN_STARTED: True})
         # The callback has now seen RUN_STARTED, so `scope.cancel` is set (when the worker watches for stops).
-        updates = until_cancelled(inner, scope.cancel) if scope.cancel is not None else inner
         try:
+            if scope.cancel is not None:
+                await scope.cancel.check_now()  # stopped while it waited for a run slot?
+                if scope.cancel.requested:
+                    return  # then the agent never starts: no model call, no tool
+            scope.inner = inner = start()
+            updates = until_cancelled(inner, scope.cancel) if scope.cancel is not None else inner
             async for update in updates:
                 yield update
         finally:
@@ -125,10 +138,10 @@ class ReportingAgent:
         return self._agent.get_session(service_session_id, **kwargs)
 
 
-def _final(
-    inner: ResponseStream[AgentResponseUpdate, AgentResponse], updates: Sequence[AgentResponseUpdate], scope: _RunScope
-) -> Awaitable[AgentResponse] | AgentResponse:
+def _final(updates: Sequence[AgentResponseUpdate], scope: _RunScope) -> Awaitable[AgentResponse] | AgentResponse:
     """The run's final response: the agent's own, or, for a stopped run, what it streamed before the stop."""
     if scope.cancel is not None and scope.cancel.reason is not None:
         return cancelled_response(updates, scope.cancel.reason)
-    return inner.get_final_response()
+    if scope.inner is None:
+        raise RuntimeError("the run's stream was never read, so it has no final response")
+    return scope.inner.get_final_response()
