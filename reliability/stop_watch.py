@@ -23,6 +23,7 @@ import asyncio
 import copy
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from agent_framework import AgentResponse, AgentResponseUpdate
@@ -141,6 +142,7 @@ def cancelled_response(updates: Sequence[AgentResponseUpdate], reason: str) -> A
     response = AgentResponse.from_updates(kept)
     response.additional_properties = {**(response.additional_properties or {}), CANCELLED_PROPERTY: reason}
     response.messages.append(cancelled_note(reason))  # what the durable record keeps of the stop
+    response.created_at = response.created_at or datetime.now(UTC).isoformat()  # none if the model never spoke
     return response
 
 
