@@ -91,7 +91,7 @@ def test_cancel_from_a_third_terminal_ends_the_tailing_client_and_the_session_go
 
 def test_a_stopped_run_whose_stream_expired_is_reported_cancelled_from_the_record(worker: WorkerProcess) -> None:
     tail = subprocess.Popen(
-        [sys.executable, "client.py", "-m", "Plan a 2-day trip to Lisbon", "--json"], cwd=ROOT, env=worker.env,
+        [sys.executable, "client.py", "-m", "Plan a 7-day trip to Lisbon", "--json"], cwd=ROOT, env=worker.env,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert tail.stdout is not None
