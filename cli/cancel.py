@@ -1,7 +1,8 @@
 """`client.py --session KEY --cancel`: stop a conversation's current run from the command line.
 
 The request itself is reliability/stop_requests.py; this turns its outcome into a line and an exit
-status: 0 the run stopped, 1 nothing stopped, 2 an unknown session.
+status: 0 the run stopped (or, still waiting for a run slot, will end without starting), 1 nothing
+stopped, 2 an unknown session.
 
 Seen at work: README.md, "Stopping a run" (the outcomes, from three terminals), and
 tests/tutorial/test_cli_activity.py, which runs exactly that.
@@ -28,7 +29,7 @@ async def cancel_command(settings: Settings, services: Services, session_key: st
         )  # fmt: skip
     if outcome.status == "unknown":
         raise UsageError(f"{outcome.message}; check the key (printed as `[client] session ...`)")
-    if outcome.status != "cancelled":
+    if outcome.status not in ("cancelled", "will_not_start"):
         return fail(outcome.message, EXIT_RUN_FAILED)
     announce("client", outcome.message)
     return EXIT_OK

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Protocol
 
-from agent_framework import AgentResponse
+from agent_framework import AgentResponse, Message
 from agent_framework_durabletask import AgentSessionId, DurableAgentState, DurableAgentStateResponse
 from durabletask.client import TaskHubGrpcClient
 from durabletask.entities import EntityInstanceId
@@ -47,10 +47,18 @@ def recorded_answer(client: TaskHubGrpcClient, session_key: str, correlation_id:
 
 def latest_recorded_answer(client: TaskHubGrpcClient, session_key: str) -> AgentResponse | None:
     """The newest successful answer in the conversation, if any."""
+    latest = latest_recorded_run(client, session_key)
+    return latest[1] if latest is not None else None
+
+
+def latest_recorded_run(client: TaskHubGrpcClient, session_key: str) -> tuple[str, AgentResponse] | None:
+    """The newest successful answer in the conversation and its run's correlation id, if any."""
     state = recorded_state(client, session_key)
     history = state.data.conversation_history if state is not None else []
     responses = [entry for entry in history if isinstance(entry, DurableAgentStateResponse) and not entry.is_error]
-    return DurableAgentStateResponse.to_run_response(responses[-1]) if responses else None
+    if not responses:
+        return None
+    return responses[-1].correlation_id or "", DurableAgentStateResponse.to_run_response(responses[-1])
 
 
 def wait_for_recorded_answer(
@@ -68,6 +76,33 @@ def wait_for_recorded_answer(
     return answer
 
 
+# ---- a stopped run, as the record keeps it --------------------------------------------------------
+#
+# Workaround (agent-framework-durabletask 1.0.0b260922): the entity records an answer without its
+# `additional_properties` (`DurableAgentStateResponse.from_run_response` leaves them out, and neither
+# entries nor messages persist `extensionData`), so `cancelled_response`'s "cancelled" property is lost.
+# A message's role, contents and `authorName` are persisted, and the entity never replays a message
+# with no contents to the model (`_to_replayable_message`). A reasoning content would not do: the
+# entity files `text_reasoning` as "unknown" and replays it. So a stopped run's answer ends with an
+# EMPTY assistant message whose author names the stop: not in the answer's `.text`, never sent to a model.
+
+CANCELLED_AUTHOR_PREFIX = "cancelled: "
+
+
+def cancelled_note(reason: str) -> Message:
+    """The message that marks a recorded answer as the answer of a stopped run."""
+    return Message(role="assistant", contents=[], author_name=f"{CANCELLED_AUTHOR_PREFIX}{reason}")
+
+
+def recorded_cancel_reason(answer: AgentResponse) -> str | None:
+    """The reason `answer` was stopped, if it ends with `cancelled_note` (live, or read back from the record)."""
+    last = answer.messages[-1] if answer.messages else None
+    author = last.author_name if last is not None and not last.contents else None
+    return (
+        author.removeprefix(CANCELLED_AUTHOR_PREFIX) if author and author.startswith(CANCELLED_AUTHOR_PREFIX) else None
+    )
+
+
 # ---- falling back on the record: when the stream lost something, the record has it -------------
 
 
@@ -78,12 +113,19 @@ class AnswerPrinter(Protocol):
 
 
 async def print_latest_recorded_answer(scheduler: TaskHubGrpcClient, session_key: str, printer: AnswerPrinter) -> int:
-    """The stream is gone (expired, or Redis restarted): print the answer the durable agent recorded."""
-    answer = await asyncio.to_thread(latest_recorded_answer, scheduler, session_key)
-    if answer is None:
+    """The stream is gone (expired, or Redis restarted): print the answer the durable agent recorded.
+
+    A stopped run's record says so (`cancelled_note`): one line naming the run and the reason, exit 1.
+    """
+    latest = await asyncio.to_thread(latest_recorded_run, scheduler, session_key)
+    if latest is None:
         raise UsageError(
             f"unknown session {session_key}: no stream and no recorded answer (it expired, or never existed)"
         )
+    correlation_id, answer = latest
+    if (reason := recorded_cancel_reason(answer)) is not None:
+        announce("client", f"the stream is gone; the agent's record says run {correlation_id} was cancelled ({reason})")
+        return EXIT_RUN_FAILED
     announce("client", "the stream is gone (expired, or Redis restarted); this is the answer the agent recorded:")
     printer.print_recovered(answer.text)
     return EXIT_OK

@@ -11,13 +11,16 @@ wraps the agent so that every run's stream ends:
   that fails too), it calls the callback's `on_run_failed`, which writes the error marker.
 
 Each streamed run gets a run scope (reliability/run_scope.py), which the callback fills in with the
-run's context, and through which a stop request ends the run. Everything else is delegated to the
-wrapped agent unchanged.
+run's context, and through which a stop request ends the run. The request is read once before the
+wrapped agent's stream is even created: a run stopped while it waited for a run slot ends there,
+having asked no model and run no tool. (Creating the stream and not reading it would not do: Agent
+Framework 1.23.0's telemetry finalizes a closed, unread stream by reading it to the end, which runs
+the model and the tools.) Everything else is delegated to the wrapped agent unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, Protocol, overload
 
 from agent_framework import AgentResponse, AgentResponseUpdate, AgentSession, ResponseStream, SupportsAgentRun
@@ -62,17 +65,23 @@ class ReportingAgent:
     ) -> Awaitable[AgentResponse] | ResponseStream[AgentResponseUpdate, AgentResponse]:
         if stream:
             scope = open_run_scope()
-            inner = self._agent.run(messages, stream=True, session=session, **kwargs)
-            return ResponseStream(self._stream(inner, scope), finalizer=lambda ups: scope.final_response(inner, ups))
+
+            def start() -> ResponseStream[AgentResponseUpdate, AgentResponse]:
+                return self._agent.run(messages, stream=True, session=session, **kwargs)
+
+            return ResponseStream(self._stream(start, scope), finalizer=scope.final_response)
         return self._run_to_completion(messages, session=session, **kwargs)
 
     async def _stream(
-        self, inner: ResponseStream[AgentResponseUpdate, AgentResponse], scope: RunScope
+        self, start: Callable[[], ResponseStream[AgentResponseUpdate, AgentResponse]], scope: RunScope
     ) -> AsyncIterator[AgentResponseUpdate]:
         yield AgentResponseUpdate(role="assistant", additional_properties={RUN_STARTED: True})
         # The callback has now seen RUN_STARTED, so the scope holds the run's stop signal (if the worker watches).
         try:
-            async for update in scope.stoppable(inner):
+            if await scope.stopped_before_start():
+                return  # stopped while it waited for a run slot: the agent never starts (no model call, no tool)
+            scope.inner = start()  # only now: an unread stream would still run (see the module docstring)
+            async for update in scope.stoppable(scope.inner):
                 yield update
         finally:
             scope.close()

@@ -29,6 +29,14 @@ class RunScope:
 
     context: AgentCallbackContext | None = None
     cancel: CancelSignal | None = None  # how a stop request reaches this run, once it is watched
+    inner: ResponseStream[AgentResponseUpdate, AgentResponse] | None = None  # the agent's stream, once started
+
+    async def stopped_before_start(self) -> bool:
+        """Read the run's stop request once, before the agent starts: True for a run stopped while it waited."""
+        if self.cancel is None:
+            return False
+        await self.cancel.check_now()
+        return self.cancel.requested
 
     def stoppable(self, updates: AsyncIterator[AgentResponseUpdate]) -> AsyncIterator[AgentResponseUpdate]:
         """The run's updates, ending at a stop request. Call it once the callback has seen the first update."""
@@ -39,13 +47,13 @@ class RunScope:
         if self.cancel is not None:
             self.cancel.close()
 
-    def final_response(
-        self, inner: ResponseStream[AgentResponseUpdate, AgentResponse], updates: Sequence[AgentResponseUpdate]
-    ) -> Awaitable[AgentResponse] | AgentResponse:
+    def final_response(self, updates: Sequence[AgentResponseUpdate]) -> Awaitable[AgentResponse] | AgentResponse:
         """The run's final response: the agent's own, or, for a stopped run, what it streamed before the stop."""
         if self.cancel is not None and self.cancel.reason is not None:
             return cancelled_response(updates, self.cancel.reason)
-        return inner.get_final_response()
+        if self.inner is None:
+            raise RuntimeError("the run's stream was never read, so it has no final response")
+        return self.inner.get_final_response()
 
 
 _current_run: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar("current_run", default=None)

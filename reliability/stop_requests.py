@@ -9,6 +9,11 @@ on, so another reader can pick it up. Stopping the run itself is a separate, exp
     the worker notices it within a poll and ends the run (reliability/stop_watch.py), whose
     `cancelled` marker ends the run for every reader.
 
+A run still waiting for a run slot (its newest entry is a `queued` notice) cannot be confirmed until
+it gets one: then the worker reads the request before the run asks its model, and the run ends
+`cancelled` at once, with no model call and no tool run. Its request lives long enough to outlast the
+wait (QUEUED_STOP_TTL_SECONDS), and the requester hears `will_not_start` unless the run ends sooner.
+
 Why a Redis key: the durable entity runs one operation at a time, so a "cancel" operation sent
 to it would wait behind the very run it should stop; pub/sub is lost when no worker listens at
 that moment; a key is still there at the next poll. Its value names the run, so a late or
@@ -29,6 +34,7 @@ from durabletask.client import TaskHubGrpcClient
 from redis_stream_response_handler import (
     CANCELLED,
     MARKERS_THAT_END_A_RUN,
+    QUEUED,
     RedisStreamResponseHandler,
     StreamChunk,
     StreamIdleTimeoutError,
@@ -39,6 +45,7 @@ from support.validation import validate_session_key
 
 CANCEL_KEY_PREFIX = "agent-cancel:"
 CANCEL_KEY_TTL_SECONDS = 300  # long enough for a run re-delivered after a worker crash to see it too
+QUEUED_STOP_TTL_SECONDS = 24 * 3600  # a queued run may wait long for its slot: the request must still be there
 CONFIRM_SECONDS = 5.0  # how long a requester waits for the run's cancelled marker
 
 
@@ -50,7 +57,8 @@ def cancel_key(session_key: str) -> str:
 class CancelOutcome:
     """What became of a stop request.
 
-    `status`: cancelled | not_running | finished (before the stop reached it) | unconfirmed (no worker
+    `status`: cancelled | will_not_start (it waits for a run slot; when it gets one it ends cancelled,
+    without starting) | not_running | finished (before the stop reached it) | unconfirmed (no worker
     confirmed within CONFIRM_SECONDS) | no_stream | unknown (no stream, no recorded conversation).
     """
 
@@ -80,20 +88,34 @@ async def request_cancel(
             run,
         )
     request = json.dumps({"correlation_id": run, "reason": reason})
-    await handler.redis.set(cancel_key(session_key), request, ex=CANCEL_KEY_TTL_SECONDS)
-    return await _wait_for_end(handler, session_key, last.entry_id, run)
+    queued = last.kind == QUEUED  # waiting for a run slot: nothing of it has run yet
+    ttl = QUEUED_STOP_TTL_SECONDS if queued else CANCEL_KEY_TTL_SECONDS
+    await handler.redis.set(cancel_key(session_key), request, ex=ttl)
+    return await _wait_for_end(handler, session_key, last.entry_id, run, queued=queued)
 
 
-async def _wait_for_end(handler: RedisStreamResponseHandler, session_key: str, cursor: str, run: str) -> CancelOutcome:
+async def _wait_for_end(
+    handler: RedisStreamResponseHandler, session_key: str, cursor: str, run: str, *, queued: bool
+) -> CancelOutcome:
     try:
         async with asyncio.timeout(CONFIRM_SECONDS):
             async for chunk in handler.read_entries(session_key, cursor):
-                if chunk.correlation_id == run and chunk.kind in MARKERS_THAT_END_A_RUN:
+                if chunk.correlation_id != run:
+                    continue
+                queued = queued and chunk.kind == QUEUED  # anything else of the run: it got its slot
+                if chunk.kind in MARKERS_THAT_END_A_RUN:
                     if chunk.kind == CANCELLED:
                         return CancelOutcome("cancelled", f"cancelled run {run} of session {session_key}", run)
                     return CancelOutcome("finished", f"run {run} ended ({chunk.kind}) before the stop reached it", run)
     except (TimeoutError, StreamIdleTimeoutError):
         pass
+    if queued:
+        return CancelOutcome(
+            "will_not_start",
+            f"stopped run {run} of session {session_key} before it started: it is waiting for a free worker, "
+            "and when it gets one it ends (cancelled) without asking the model or running a tool",
+            run,
+        )
     return CancelOutcome(
         "unconfirmed",
         f"asked to stop run {run}, but no worker confirmed it within {CONFIRM_SECONDS:g}s "

@@ -1,6 +1,8 @@
 """Noticing a stop, in the worker: a run's CancelSignal, and the watcher that polls for requests.
 
-    CancelWatcher (one per worker loop) GETs the cancel keys of its running runs every 0.25 s
+    CancelWatcher (one per worker loop) GETs a run's cancel key once as it starts, before the model
+    is asked (a run stopped while it waited for a run slot ends there: no model, no tool), then the
+    cancel keys of its running runs every 0.25 s
       └─ the run's CancelSignal, in its run scope (reliability/run_scope.py): ReportingAgent stops
          pulling from the model (at once, even mid tool call or mid silence), the run ends with what
          it said so far, and the callback writes a `cancelled` marker that ends the run for every reader.
@@ -9,9 +11,10 @@ The requesting side is reliability/stop_requests.py.
 
 What the durable record holds for a cancelled run: the user's message, then a response under the
 run's correlation id with the text streamed before the stop, the tool calls that returned and
-their results, and the usage reported so far. A tool call still running at the stop is left out
-(a call with no result makes providers reject the next turn). The session stays usable: the next
-turn sees this partial answer as the history.
+their results, the usage reported so far, and an empty message that says it was stopped and why
+(`cancelled_note`: the record keeps no other trace of a stop; see reliability/durable_record.py).
+A tool call still running at the stop is left out (a call with no result makes providers reject
+the next turn). The session stays usable: the next turn sees this partial answer as the history.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import asyncio
 import copy
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from agent_framework import AgentResponse, AgentResponseUpdate
 
 from redis_stream_response_handler import RedisStreamResponseHandler
+from reliability.durable_record import cancelled_note, recorded_cancel_reason
 from reliability.stop_requests import cancel_key, parse_request
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.redis_connection import REDIS_FAILURES
@@ -61,6 +66,11 @@ class CancelSignal:
         self.reason = reason or "cancelled"
         if self._scope is not None:
             self._scope.reschedule(asyncio.get_running_loop().time())  # expire the wait now
+
+    async def check_now(self) -> None:
+        """Read the run's stop request at once, not at the next poll: called before the model is asked."""
+        if self._watcher is not None:
+            await self._watcher.check_now(self)
 
     def close(self) -> None:
         """The run ended: stop watching for it."""
@@ -131,12 +141,14 @@ def cancelled_response(updates: Sequence[AgentResponseUpdate], reason: str) -> A
             kept.append(trimmed)
     response = AgentResponse.from_updates(kept)
     response.additional_properties = {**(response.additional_properties or {}), CANCELLED_PROPERTY: reason}
+    response.messages.append(cancelled_note(reason))  # what the durable record keeps of the stop
+    response.created_at = response.created_at or datetime.now(UTC).isoformat()  # none if the model never spoke
     return response
 
 
 def cancel_reason(response: AgentResponse) -> str | None:
-    """The reason a run was stopped, if `response` is the answer of a stopped run."""
-    return (response.additional_properties or {}).get(CANCELLED_PROPERTY)
+    """The reason a run was stopped, if `response` is the answer of a stopped run (live or recorded)."""
+    return (response.additional_properties or {}).get(CANCELLED_PROPERTY) or recorded_cancel_reason(response)
 
 
 class CancelWatcher:
@@ -169,6 +181,15 @@ class CancelWatcher:
         if signal in self._signals:
             self._signals.remove(signal)
 
+    async def check_now(self, signal: CancelSignal) -> None:
+        """One GET of `signal`'s cancel key now; a Redis error is logged and the run goes on (polls retry)."""
+        try:
+            [request] = await self._read_requests([signal])
+        except REDIS_FAILURES as error:
+            logger.warning("cannot check for a stop request as the run starts (%s); polls will retry", error)
+            return
+        self._apply(signal, request)
+
     def close(self) -> None:
         """Stop polling, before the flusher whose Redis client the polls use is closed."""
         self._signals.clear()
@@ -188,8 +209,12 @@ class CancelWatcher:
                 continue
             self._failing = False
             for signal, request in zip(signals, requests, strict=True):
-                if request is not None and request.get("correlation_id") == signal.correlation_id:
-                    signal.request(str(request.get("reason") or "cancelled"))
+                self._apply(signal, request)
+
+    @staticmethod
+    def _apply(signal: CancelSignal, request: dict[str, object] | None) -> None:
+        if request is not None and request.get("correlation_id") == signal.correlation_id:
+            signal.request(str(request.get("reason") or "cancelled"))
 
     async def _read_requests(self, signals: Sequence[CancelSignal]) -> list[dict[str, object] | None]:
         assert self._flusher is not None

@@ -1,7 +1,8 @@
 """`POST /agents/TravelPlanner/cancel/{session}`: stop the session's current run (the page's Stop button).
 
     200 {"session", "correlation_id", "status": "cancelled"}   the worker stopped it; readers got `cancelled`
-    202 {"session", "correlation_id", "status": "requested"}   asked, but no worker confirmed it within 5 s
+    202 {"session", "correlation_id", "status": "requested"}   asked, but no worker confirmed it within 5 s,
+                                                               or the run waits for a run slot (it will not start)
     404 {"error"}   unknown session (no stream and no recorded conversation)
     409 {"error"}   nothing to stop: no run in progress, or it ended before the stop reached it
 
@@ -16,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from redis_stream_response_handler import RedisStreamResponseHandler
 from reliability.stop_requests import stop_current_run
 
-STATUS_CODES = {"cancelled": 200, "unconfirmed": 202, "unknown": 404}  # anything else: 409
+STATUS_CODES = {"cancelled": 200, "unconfirmed": 202, "will_not_start": 202, "unknown": 404}  # anything else: 409
 
 
 async def cancel_run(request: Request, session_key: str) -> Response:

@@ -10,28 +10,35 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
 
 import pytest
-from agent_framework import Agent
+from agent_framework import Agent, Message
 
 from agents import get_local_events
 from client import start_run
 from redis_stream_response_handler import (
     CANCELLED,
     DONE,
+    QUEUED,
     TOKEN,
+    TOOL_CALL,
     TOOL_RESULT,
     StreamChunk,
     entry_fields,
     stream_key,
 )
+from reliability.durable_record import recorded_cancel_reason
 from reliability.run_tracker import read_run
 from reliability.stop_requests import stop_current_run
 from reliability.stop_watch import CancelSignal, cancelled_response, until_cancelled
+from support.config import load_settings
 from support.demo_model import DemoChatClient
 from support.services import Services
 from support.sessions import new_session_key
+from tests.reliability.test_worker_capacity import worker_on_scheduler
 from tests.streams import write_entries
 from tests.tutorial.test_end_to_end import Stack, ask, connect, scheduler_client, worker_stack
 
@@ -112,6 +119,51 @@ async def test_a_stop_reaches_a_run_whose_model_is_silent(redis_url: str) -> Non
     assert record is not None and record.text == ""
 
 
+async def test_a_queued_run_that_was_stopped_ends_cancelled_without_asking_the_model_or_running_a_tool(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []  # the request of every model call: the real demo model, observed
+    answer = DemoChatClient._inner_get_response  # pyright: ignore[reportPrivateUsage]
+
+    def observed(self: DemoChatClient, *, messages: Sequence[Message], **kwargs: Any) -> Any:
+        asked.append(next(m.text for m in reversed(messages) if m.role == "user"))
+        return answer(self, messages=messages, **kwargs)
+
+    monkeypatch.setattr(DemoChatClient, "_inner_get_response", observed)
+    # One run slot (WORKER_MAX_CONCURRENT_RUNS=1), default settings otherwise. The first run thinks
+    # for 8 s: the second waits for the slot longer than a requester waits for a confirmation.
+    settings = replace(load_settings({}), worker_max_concurrent_runs=1)
+    model = {"DEMO_MODEL_FIRST_TOKEN_DELAY_MS": "8000", "DEMO_MODEL_TOKEN_DELAY_MS": "2"}
+    with worker_on_scheduler(redis_url, settings, **model) as services:
+        stack = await connect(services)
+        try:
+            holding_key, waiting_key = new_session_key(), new_session_key()
+            holding = await start_run(stack.agent, stack.handler, holding_key, "Plan a 3-day trip to Tokyo")
+            waiting = await start_run(stack.agent, stack.handler, waiting_key, "Plan a 2-day trip to Oslo")
+            seen: list[StreamChunk] = []
+            async for chunk in read_run(stack.handler, waiting_key, waiting.cursor, waiting.correlation_id):
+                seen.append(chunk)
+                if chunk.kind == QUEUED:
+                    break  # it waits for the slot: stop it now
+            status = await stop(stack, waiting_key, reason="stopped while queued")
+            rest = [c async for c in read_run(stack.handler, waiting_key, seen[-1].entry_id, waiting.correlation_id)]
+            held = [c async for c in read_run(stack.handler, holding_key, holding.cursor, holding.correlation_id)]
+            record = await asyncio.to_thread(stack.recorded, waiting_key, waiting.correlation_id or "")
+            entries = await entries_of_run(stack, waiting_key, waiting.correlation_id or "")
+        finally:
+            await stack.handler.aclose()
+
+    assert seen[-1].kind == QUEUED and held[-1].kind == DONE
+    assert status == "will_not_start"  # the slot is still held: it cannot be confirmed yet, and it will not start
+    assert rest[-1].kind == CANCELLED and rest[-1].reason == "stopped while queued"
+    kinds = [fields["kind"] for fields in entries]
+    assert kinds.count(CANCELLED) == 1 and kinds[-1] == CANCELLED
+    assert TOOL_CALL not in kinds and TOOL_RESULT not in kinds and TOKEN not in kinds, kinds
+    assert not any("Oslo" in request for request in asked), asked  # the model was never asked for it
+    assert any("Tokyo" in request for request in asked)  # (it was, for the run that held the slot)
+    assert record is not None and recorded_cancel_reason(record) == "stopped while queued"
+
+
 async def test_stopping_when_nothing_runs_or_for_an_unknown_session_says_so(stack: Stack) -> None:
     assert await stop(stack, f"never-{uuid.uuid4().hex}") == "unknown"
 
@@ -140,6 +192,7 @@ async def test_a_tool_call_cut_short_by_a_stop_is_left_out_of_the_record() -> No
     response = cancelled_response(updates, signal.reason or "")
 
     assert [c.type for u in updates for c in u.contents if c.type != "usage"] == ["function_call"] * 2
-    assert response.messages == []  # neither call got its result: a dangling call would break the next turn
+    kept = [c.type for m in response.messages for c in m.contents]
+    assert kept == []  # neither call got its result: a dangling call would break the next turn
     assert response.additional_properties["cancelled"] == "stopped mid tool call"
     assert not asyncio.current_task().cancelling()  # type: ignore[union-attr]  # the stop did not leak out

@@ -90,6 +90,36 @@ def test_cancel_from_a_third_terminal_ends_the_tailing_client_and_the_session_go
     assert unknown.returncode == 2 and "unknown session no-such-session" in unknown.stderr, unknown.stderr
 
 
+def test_a_stopped_run_whose_stream_expired_is_reported_cancelled_from_the_record(worker: WorkerProcess) -> None:
+    tail = subprocess.Popen(
+        [sys.executable, "client.py", "-m", "Plan a 7-day trip to Lisbon", "--json"], cwd=ROOT, env=worker.env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert tail.stdout is not None
+    head: list[dict[str, Any]] = []
+    for line in tail.stdout:  # until the answer is under way
+        head.append(json.loads(line))
+        if head[-1]["kind"] == "token":
+            break
+    session, cursor = head[0]["session"], head[-1]["entry_id"]
+    cancel = run_cli("client.py", "--session", session, "--cancel", env=worker.env)
+    rest = json_lines(tail.stdout.read())
+    tail.wait(timeout=120)
+    assert cancel.returncode == 0 and rest[-1]["kind"] == "cancelled", cancel.stderr
+    with redis.Redis(port=int(worker.env["LOCAL_REDIS_PORT"]), decode_responses=True) as client:
+        newest: list[tuple[str, dict[str, str]]] = client.xrevrange(f"agent-stream:{session}", count=1)  # type: ignore[assignment]
+        run = newest[0][1]["correlation_id"]  # the cancelled marker's run
+        assert client.delete(f"agent-stream:{session}") == 1  # what expiry (or an emptied Redis) does
+
+    reattached = run_cli("client.py", "--session", session, "--cursor", cursor, env=worker.env)
+
+    assert reattached.returncode == 1, reattached.stderr
+    said = [line for line in reattached.stderr.splitlines() if not line.startswith(("[redis]", "[scheduler]"))]
+    expected = f"[client] the stream is gone; the agent's record says run {run} was cancelled"
+    assert said == [f"{expected} (cancelled with client.py --cancel)"], reattached.stderr
+    assert reattached.stdout == ""
+
+
 def assert_nothing_of_the_run_follows_its_cancelled_marker(worker: WorkerProcess, session: str) -> None:
     time.sleep(1)  # a worker that kept going would have written more tokens by now (100 ms each)
     with redis.Redis(port=int(worker.env["LOCAL_REDIS_PORT"]), decode_responses=True) as client:
