@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Protocol
 
-from agent_framework import AgentResponse
+from agent_framework import AgentResponse, Message
 from agent_framework_durabletask import AgentSessionId, DurableAgentState, DurableAgentStateResponse
 from durabletask.client import TaskHubGrpcClient
 from durabletask.entities import EntityInstanceId
@@ -67,6 +67,33 @@ def wait_for_recorded_answer(
     while (answer := recorded_answer(client, session_key, correlation_id)) is None and time.monotonic() < deadline:
         time.sleep(0.05)
     return answer
+
+
+# ---- a stopped run, as the record keeps it --------------------------------------------------------
+#
+# Workaround (agent-framework-durabletask 1.0.0b260922): the entity records an answer without its
+# `additional_properties` (`DurableAgentStateResponse.from_run_response` leaves them out, and neither
+# entries nor messages persist `extensionData`), so `cancelled_response`'s "cancelled" property is lost.
+# A message's role, contents and `authorName` are persisted, and the entity never replays a message
+# with no contents to the model (`_to_replayable_message`). A reasoning content would not do: the
+# entity files `text_reasoning` as "unknown" and replays it. So a stopped run's answer ends with an
+# EMPTY assistant message whose author names the stop: not in the answer's `.text`, never sent to a model.
+
+CANCELLED_AUTHOR_PREFIX = "cancelled: "
+
+
+def cancelled_note(reason: str) -> Message:
+    """The message that marks a recorded answer as the answer of a stopped run."""
+    return Message(role="assistant", contents=[], author_name=f"{CANCELLED_AUTHOR_PREFIX}{reason}")
+
+
+def recorded_cancel_reason(answer: AgentResponse) -> str | None:
+    """The reason `answer` was stopped, if it ends with `cancelled_note` (live, or read back from the record)."""
+    last = answer.messages[-1] if answer.messages else None
+    author = last.author_name if last is not None and not last.contents else None
+    return (
+        author.removeprefix(CANCELLED_AUTHOR_PREFIX) if author and author.startswith(CANCELLED_AUTHOR_PREFIX) else None
+    )
 
 
 # ---- falling back on the record: when the stream lost something, the record has it -------------

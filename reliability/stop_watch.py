@@ -9,9 +9,10 @@ The requesting side is reliability/stop_requests.py.
 
 What the durable record holds for a cancelled run: the user's message, then a response under the
 run's correlation id with the text streamed before the stop, the tool calls that returned and
-their results, and the usage reported so far. A tool call still running at the stop is left out
-(a call with no result makes providers reject the next turn). The session stays usable: the next
-turn sees this partial answer as the history.
+their results, the usage reported so far, and an empty message that says it was stopped and why
+(`cancelled_note`: the record keeps no other trace of a stop; see reliability/durable_record.py).
+A tool call still running at the stop is left out (a call with no result makes providers reject
+the next turn). The session stays usable: the next turn sees this partial answer as the history.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TypeVar
 from agent_framework import AgentResponse, AgentResponseUpdate
 
 from redis_stream_response_handler import RedisStreamResponseHandler
+from reliability.durable_record import cancelled_note, recorded_cancel_reason
 from reliability.stop_requests import cancel_key, parse_request
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.redis_connection import REDIS_FAILURES
@@ -131,12 +133,13 @@ def cancelled_response(updates: Sequence[AgentResponseUpdate], reason: str) -> A
             kept.append(trimmed)
     response = AgentResponse.from_updates(kept)
     response.additional_properties = {**(response.additional_properties or {}), CANCELLED_PROPERTY: reason}
+    response.messages.append(cancelled_note(reason))  # what the durable record keeps of the stop
     return response
 
 
 def cancel_reason(response: AgentResponse) -> str | None:
-    """The reason a run was stopped, if `response` is the answer of a stopped run."""
-    return (response.additional_properties or {}).get(CANCELLED_PROPERTY)
+    """The reason a run was stopped, if `response` is the answer of a stopped run (live or recorded)."""
+    return (response.additional_properties or {}).get(CANCELLED_PROPERTY) or recorded_cancel_reason(response)
 
 
 class CancelWatcher:
