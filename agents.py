@@ -20,7 +20,6 @@ from typing import Annotated
 from agent_framework import Agent, SupportsChatGetResponse
 from pydantic import Field
 
-# The chat client: the first fully configured model provider, else the offline demo model.
 from support.providers import create_chat_client
 from support.travel_data import EVENT_CATEGORIES, MAX_DAYS, local_events, weather_forecast
 

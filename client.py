@@ -34,6 +34,7 @@ from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 from agents import AGENT_NAME
 from cli.arguments import build_parser, messages_to_send, resume_hint, validate_arguments
 from cli.cancel import cancel_command
+from cli.history import history_command
 from cli.printer import ChunkPrinter
 from redis_stream_response_handler import ERROR, RedisStreamResponseHandler, StreamChunk
 from reliability.durable_record import print_latest_recorded_answer, reattach_point_exists, settle_with_record
@@ -123,10 +124,8 @@ async def run_client(
     agent = DurableAIAgentClient(scheduler).get_agent(AGENT_NAME)
     conversation.resumable_elsewhere = not services.started_here
     printer = ChunkPrinter(conversation.session_key, as_json=args.json)
-    reading = RedisStreamResponseHandler.from_url(
-        services.redis_url, idle_timeout_seconds=settings.idle_timeout_seconds
-    )
-    async with reading as handler:
+    reader = RedisStreamResponseHandler.from_url(services.redis_url, idle_timeout_seconds=settings.idle_timeout_seconds)
+    async with reader as handler:
         connections = Connections(scheduler, agent, handler)
         if args.cursor is not None:
             return await reattach(connections, conversation, printer)
@@ -151,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             services = provide_services(settings, stack, role="client")  # finds what worker.py started
             if args.cancel:  # a Stop, not a disconnect: the worker ends the run (reliability/stop_watch.py)
                 return asyncio.run(cancel_command(settings, services, conversation.session_key))
+            if args.history:  # read only the durable record, through the scheduler: cli/history.py
+                return history_command(settings, services, conversation.session_key, as_json=args.json)
             return asyncio.run(run_client(args, settings, services, conversation))
 
     return run_entry_point(run, resume_hint=lambda: resume_hint(conversation))

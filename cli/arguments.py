@@ -24,7 +24,8 @@ DEFAULT_MESSAGE = "Plan a 3-day trip to Tokyo with emphasis on culture and food"
 def build_parser(
     prog: str, description: str, *, can_cancel: bool = False, crash_demo: bool = False
 ) -> argparse.ArgumentParser:
-    """client.py's flags (sample.py shares them); `--cancel` only where a run may be going on elsewhere."""
+    """client.py's flags (sample.py shares them); `--cancel` and `--history` only where the conversation lives on
+    elsewhere (a sample's embedded services stop with it)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     if crash_demo:  # sample.py only: reliability/crash_demo.py
         parser.add_argument("--crash-demo", action="store_true", help="kill a worker mid-answer; watch it re-delivered")
@@ -35,11 +36,18 @@ def build_parser(
     parser.add_argument("--verify", action="store_true", help="check the streamed answer against the durable record")
     if can_cancel:
         parser.add_argument("--cancel", action="store_true", help="with --session: stop the session's current run")
+        parser.add_argument(
+            "--history", action="store_true", help="with --session: print the conversation the durable agent recorded"
+        )
     return parser
 
 
 def validate_arguments(args: argparse.Namespace) -> None:
     """Usage errors, caught before anything connects anywhere."""
+    if getattr(args, "history", False) and (
+        args.session is None or args.message is not None or args.cursor is not None or args.cancel or args.verify
+    ):
+        raise UsageError("--history prints one recorded conversation: use it with --session (and --json) only")
     if getattr(args, "cancel", False) and (args.session is None or args.message is not None or args.cursor is not None):
         raise UsageError("--cancel stops the current run of one conversation: use it with --session only")
     if args.cursor is not None:

@@ -44,6 +44,13 @@ def result_summary(result: str | None) -> str:
     return _short(joined)
 
 
+def tool_line(call: str, result: str | None, error: str | None = None) -> str:
+    """One call and its result (or its failure) on one line; cli/history.py words the record's calls so too."""
+    if error is not None:
+        return f"[tool] {call} failed: {_short(error)}"
+    return f"[tool] {call} → {result_summary(result)}"
+
+
 def _short(text: str) -> str:
     return text if len(text) <= SUMMARY_CHARACTERS else text[: SUMMARY_CHARACTERS - 1] + "…"
 
@@ -60,9 +67,7 @@ class ToolStatus:
     def returned(self, chunk: StreamChunk) -> str:
         """The status line of the call this result answers."""
         call = self.pending.pop(chunk.call_id or "", None) or f"{chunk.name or '(unknown tool)'}(…)"
-        if chunk.error is not None:
-            return f"[tool] {call} failed: {_short(chunk.error)}"
-        return f"[tool] {call} → {result_summary(chunk.result)}"
+        return tool_line(call, chunk.result, chunk.error)
 
     def running(self) -> str | None:
         """The transient line while calls are running, or None."""

@@ -74,6 +74,7 @@ def two_terminals(walk: Walk) -> None:
     first = walk.run('uv run client.py -m "Plan a 2-day trip to Paris"')
     session = first.split("[client] session ", 1)[1].split()[0]
     walk.run(f'uv run client.py --session {session} -m "Make day 2 more relaxed"')
+    walk.run(f"uv run client.py --session {session} --history")
     as_json = walk.run('uv run client.py -m "Plan a 1-day trip to Oslo" --json')
     records = [json.loads(line) for line in as_json.splitlines() if line.startswith("{")]
     cursor = records[len(records) // 2]["entry_id"]

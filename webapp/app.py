@@ -13,6 +13,10 @@ app's lifespan.
     POST /agents/TravelPlanner/cancel/{session}       -> stop the session's current run (webapp/cancel.py)
     GET  /agents/TravelPlanner/answer/{session}/{correlation_id}
          -> {"text": ...}: the answer the durable entity recorded (404 until it exists)
+    GET  /agents/TravelPlanner/history/{session}
+         -> [{"turn", "correlation_id", "role", "text", "contents", "status", ...}, ...]: the conversation the
+            durable entity recorded, one object per message, as `client.py --history --json` prints it
+            (reliability/conversation_record.py); 404 for an unknown session. The page restores its turns from it.
     GET  /                                             -> static/index.html
 
 Watch the raw events in a terminal:
@@ -52,6 +56,7 @@ from starlette.staticfiles import StaticFiles
 from agents import AGENT_NAME
 from client import start_run
 from redis_stream_response_handler import DONE, ERROR, QUEUED, RESTART, START, RedisStreamResponseHandler, StreamChunk
+from reliability.conversation_record import history_messages, recorded_conversation
 from reliability.durable_record import recorded_answer as recorded
 from reliability.run_tracker import read_run
 from support.config import Settings, check_environment
@@ -123,6 +128,7 @@ def create_app(environ: Mapping[str, str] | None = None, worker_setup: WorkerSet
         Route("/agents/TravelPlanner/run", run_agent, methods=["POST"]),
         Route("/agents/TravelPlanner/stream/{session}", stream_events),
         Route("/agents/TravelPlanner/answer/{session}/{correlation_id}", recorded_answer),
+        Route("/agents/TravelPlanner/history/{session}", conversation_history),
         Route("/agents/TravelPlanner/cancel/{session}", cancel, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
         *ag_ui.ROUTES,  # AG-UI: the same durable, resumable runs for AG-UI clients (webapp/ag_ui.py)
@@ -255,6 +261,17 @@ async def recorded_answer(request: Request) -> Response:
     if answer is None:
         return JSONResponse({"error": "no recorded answer (yet) for this run"}, status_code=404)
     return JSONResponse({"session": session_key, "correlation_id": correlation_id, "text": answer.text})
+
+
+async def conversation_history(request: Request) -> Response:
+    """The conversation the durable entity recorded: the objects `client.py --history --json` prints."""
+    session_key = _checked(validate_session_key, request.path_params["session"])
+    app = request.app
+    loop = asyncio.get_running_loop()
+    turns = await loop.run_in_executor(app.state.record_threads, recorded_conversation, app.state.client, session_key)
+    if turns is None:
+        return JSONResponse({"error": f"unknown session {session_key}: the agent recorded no conversation"}, 404)
+    return JSONResponse(history_messages(turns))
 
 
 async def poll_recorded_answer(request: Request, session_key: str, correlation_id: str) -> AgentResponse | None:

@@ -107,9 +107,9 @@ def test_a_stopped_run_whose_stream_expired_is_reported_cancelled_from_the_recor
     tail.wait(timeout=120)
     assert cancel.returncode == 0 and rest[-1]["kind"] == "cancelled", cancel.stderr
     with redis.Redis(port=int(worker.env["LOCAL_REDIS_PORT"]), decode_responses=True) as client:
-        newest: list[tuple[str, dict[str, str]]] = client.xrevrange(f"agent-stream:{session}", count=1)  # type: ignore[assignment]
+        newest: list[tuple[str, dict[str, str]]] = client.xrevrange(stream_key(session), count=1)  # type: ignore[assignment]
         run = newest[0][1]["correlation_id"]  # the cancelled marker's run
-        assert client.delete(f"agent-stream:{session}") == 1  # what expiry (or an emptied Redis) does
+        assert client.delete(stream_key(session)) == 1  # what expiry (or an emptied Redis) does
 
     reattached = run_cli("client.py", "--session", session, "--cursor", cursor, env=worker.env)
 
