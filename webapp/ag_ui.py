@@ -279,14 +279,18 @@ async def _load_record(app: Starlette, thread_id: str, run_id: str) -> RunRecord
     fields = json.loads(stored)
     if "cursor" not in fields:  # claimed by a POST whose run is starting this very moment
         raise RejectedError(f"run {run_id} on thread {thread_id} is starting; retry in a moment", 409)
-    expired = fields["cursor"] != START_OF_STREAM and await handler.last_entry_id(thread_id) == START_OF_STREAM
+    correlation_id, outcome = fields.get("correlation_id"), fields.get("outcome")
+    expired = False
+    if await handler.last_entry_id(thread_id) == START_OF_STREAM:  # no stream: gone, or the run not yet begun
+        ended = outcome is not None or fields["cursor"] != START_OF_STREAM
+        expired = ended or (correlation_id is not None and has_response(await _state(app, thread_id), correlation_id))
     return RunRecord(
         thread_id,
         run_id,
         fields["cursor"],
-        fields.get("correlation_id"),
+        correlation_id,
         fields.get("message"),
-        fields.get("outcome"),
+        outcome,
         expired,
     )
 

@@ -34,6 +34,7 @@ from redis_stream_response_handler import (
     TOOL_RESULT,
     RedisStreamResponseHandler,
     entry_fields,
+    stream_key,
 )
 from tests.conftest import ROOT
 from tests.streams import write_entries
@@ -375,3 +376,74 @@ async def test_a_repeated_run_id_is_a_409_and_unknown_runs_and_bad_ids_are_refus
     assert unknown.status_code == 404
     bad_id = await http.get(f"{AG_UI}/{thread_id}/runs/{run_id}", headers={"Last-Event-ID": "1-2-3"})
     assert bad_id.status_code == 422 and "Last-Event-ID" in bad_id.json()["error"]
+
+
+async def connect(http: httpx.AsyncClient, thread_id: str) -> list:
+    body = {"threadId": thread_id, "runId": f"join-{uuid.uuid4().hex}", "messages": []}  # what connectAgent() sends
+    async with http.stream("POST", f"{AG_UI}/connect", json=body) as response:
+        return await events_of(response)
+
+
+def snapshots(events: list[tuple[str | None, dict]]) -> list[list[dict]]:
+    return [event["messages"] for _, event in events if event["type"] == "MESSAGES_SNAPSHOT"]
+
+
+async def test_every_run_opens_and_closes_with_the_threads_messages(http: httpx.AsyncClient) -> None:
+    thread_id = f"thread-{uuid.uuid4().hex}"
+    first = await post_run(http, run_input(thread_id, "r1"))
+    second = await post_run(http, run_input(thread_id, "r2", "Plan a 1-day trip to Bergen"))
+
+    for events in (first, second):
+        assert_valid_agui([event for _, event in events], max_warnings=0)
+        assert [event["type"] for _, event in events][:2] == ["RUN_STARTED", "MESSAGES_SNAPSHOT"]
+        assert [event["type"] for _, event in events][-2:] == ["MESSAGES_SNAPSHOT", "RUN_FINISHED"]
+    (opening, closing), (opening_2, closing_2) = snapshots(first), snapshots(second)
+    assert [m["role"] for m in opening] == ["user"] and opening[0]["content"] == "Plan a 2-day trip to Oslo"
+    assert [m["role"] for m in closing] == ["user", "assistant", "tool", "tool", "assistant"]
+    assert opening_2[:-1] == closing and opening_2[-1]["content"] == "Plan a 1-day trip to Bergen"
+    assert closing_2[:5] == closing and len(closing_2) == 10
+    # The streamed messages carry the ids the record gives them: the closing snapshot confirms, never replaces.
+    streamed = {
+        e.get("messageId") or e.get("parentMessageId") for _, e in first if e["type"].startswith(("TEXT", "TOOL"))
+    }
+    assert streamed - {None} == {m["id"] for m in closing[1:]}
+    assert closing[-1]["content"] == text_of(first)
+    assert [call["id"] for call in closing[1]["toolCalls"]] == [m["toolCallId"] for m in closing[2:4]]
+
+
+async def test_joining_a_thread_after_its_run_ended_is_a_finished_run_with_the_history(
+    http: httpx.AsyncClient,
+) -> None:
+    thread_id, run_id = new_ids()
+    ran = await post_run(http, run_input(thread_id, run_id))
+
+    joined = await connect(http, thread_id)
+
+    assert_valid_agui([event for _, event in joined], max_warnings=0)
+    assert [event["type"] for _, event in joined] == ["RUN_STARTED", "MESSAGES_SNAPSHOT", "RUN_FINISHED"]
+    assert snapshots(joined) == snapshots(ran)[-1:]
+    assert all(event_id is None for event_id, _ in joined)  # made from the record: no stream position to resume
+    empty = await connect(http, f"thread-{uuid.uuid4().hex}")  # a thread nobody used: no messages, still a run
+    assert snapshots(empty) == [[]]
+    bad = await http.post(f"{AG_UI}/connect", json={"threadId": "../x", "runId": "j", "messages": []})
+    assert bad.status_code == 422 and "threadId" in bad.json()["error"]
+
+
+@pytest.mark.parametrize("outcome", ["done", "cancelled"])
+async def test_a_resume_after_the_stream_expired_answers_the_recorded_outcome(
+    http: httpx.AsyncClient, redis: RedisStreamResponseHandler, outcome: str
+) -> None:
+    thread_id, run_id = new_ids()
+    ran = await post_run(http, run_input(thread_id, run_id))
+    key = record_key(thread_id, run_id)
+    stored = await redis.redis.get(key)
+    assert stored is not None and json.loads(stored)["outcome"] == "done"  # noted when the stream showed the end
+    await redis.redis.set(key, json.dumps({**json.loads(stored), "outcome": outcome}))  # as a Stop would have
+    await redis.redis.delete(stream_key(thread_id))  # the stream expired
+
+    events = await resume(http, thread_id, run_id, last_event_id=ran[3][0])
+
+    assert_valid_agui([event for _, event in events], max_warnings=0)
+    assert [event["type"] for _, event in events] == ["RUN_STARTED", "MESSAGES_SNAPSHOT", "RUN_FINISHED"]
+    assert snapshots(events) == snapshots(ran)[-1:] and events[0][1]["runId"] == run_id
+    assert events[-1][1].get("outcome", {"type": "done"})["type"] == outcome
