@@ -92,9 +92,6 @@ RUN_RECORD_EXTRA_SECONDS = 3600
 RECORD_WAIT_SECONDS = 5.0  # how long the closing snapshot waits for the entity to commit the run's response
 RECORD_POLL_SECONDS = 0.05
 _RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # fullmatch: `$` would accept a trailing newline
-# Workaround (agent-framework-ag-ui 1.7.0): its client (AGUIHttpService.post_run) leaves out these
-# RunAgentInput fields (required before ag-ui-protocol 1.0); we fill them in: (field name, JSON name, value).
-_OFTEN_OMITTED = (("tools", "tools", []), ("context", "context", []), ("forwarded_props", "forwardedProps", {}))
 
 
 class RejectedError(Exception):
@@ -190,9 +187,6 @@ async def _checked_input(request: Request) -> RunAgentInput:
         raise RejectedError("the body must be JSON: an AG-UI RunAgentInput") from None
     if not isinstance(body, dict):
         raise RejectedError("the body must be a JSON object: an AG-UI RunAgentInput")
-    for name, json_name, absent in _OFTEN_OMITTED:
-        if name not in body and json_name not in body:
-            body[name] = absent
     try:
         run_input = RunAgentInput.model_validate(body)
     except ValidationError as error:

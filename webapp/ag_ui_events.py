@@ -1,23 +1,28 @@
 """One run's stream chunks as AG-UI events, each with an SSE id that orders and resumes exactly.
 
-`RunEvents` is a pure, deterministic mapping from the chunks `read_run` yields (one run, in stream
-order, repeats already dropped) to the protocol's own event models (`ag_ui.core`):
+`RunEvents` is a deterministic mapping from the chunks `read_run` yields (one run, in stream order,
+repeats already dropped) to the protocol's own event models (`ag_ui.core`, ag-ui-protocol 1.0):
 
-    first chunk          RUN_STARTED (threadId, runId: the client's own ids, as agent-framework-ag-ui does)
-    token                TEXT_MESSAGE_START (when no message is open), TEXT_MESSAGE_CONTENT
-    tool_call            TEXT_MESSAGE_END (if open), TOOL_CALL_START, TOOL_CALL_ARGS, TOOL_CALL_END
-    tool_result          TEXT_MESSAGE_END (if open), TOOL_CALL_RESULT
-    restart              TEXT_MESSAGE_END, CUSTOM "durable-agent.restart" {messageId, reason}; what follows
-                         is a NEW message, never spliced onto the partial one (a tool call id the new
+    first chunk          RUN_STARTED (threadId, runId: the client's own ids), MESSAGES_SNAPSHOT (`before`: the
+                         thread so far and this run's user message)
+    token                TEXT_MESSAGE_START (when no text is open), TEXT_MESSAGE_CONTENT
+    tool_call            TEXT_MESSAGE_END (if open), TOOL_CALL_START (parentMessageId: the assistant message
+                         of this model turn, the one its text went to), TOOL_CALL_ARGS, TOOL_CALL_END
+    tool_result          TEXT_MESSAGE_END (if open), TOOL_CALL_RESULT; the next text or call is a new message
+    restart              TEXT_MESSAGE_END, CUSTOM "durable-agent.restart" {reason, messageId}, MESSAGES_SNAPSHOT
+                         (`before` again: the abandoned attempt's messages leave the client's list); what follows
+                         is new, never spliced onto the partial answer (ids "C~1-m0", ...; a tool call id the new
                          attempt repeats gets a "+" suffix: AG-UI ids are unique within a run)
-    done                 TEXT_MESSAGE_END (if open), RUN_FINISHED (usage from the done marker); when tokens
-                         never reached the stream: a restart, the recorded answer as a new message, RUN_FINISHED
-    error | cancelled    TEXT_MESSAGE_END (if open), RUN_ERROR code RUN_FAILED | CANCELLED (AG-UI has no
-                         cancel event; a coded RUN_ERROR is the protocol's way, ag-ui issue #2327)
+    done                 TEXT_MESSAGE_END (if open), MESSAGES_SNAPSHOT (the durable record, with this run),
+                         RUN_FINISHED (usage from the done marker); tokens that never reached the stream come
+                         with the snapshot, and without a record the run ends with RUN_ERROR INCOMPLETE
+    cancelled            the same, with RUN_FINISHED outcome {type: "cancelled"}: a Stop is not a failure
+    error                TEXT_MESSAGE_END (if open), RUN_ERROR code RUN_FAILED
 
-Ids: the events made from entry `1734649123456-0` get SSE ids `1734649123456-0.0`, `.1`, ... and message
-ids derived from entry ids too, so replaying the run from its start yields the very same events with the
-very same ids. That is how a reconnect resumes: replay, and skip every id up to `Last-Event-ID`.
+Ids: the events made from entry `1734649123456-0` get SSE ids `1734649123456-0.0`, `.1`, ..., so replaying
+the run from its start yields the very same events with the very same ids. That is how a reconnect
+resumes: replay, and skip every id up to `Last-Event-ID`. Message ids are the durable record's
+(`webapp/ag_ui_history.py`: "C-m0", "C-t-<call id>" for run C), so the closing snapshot keeps them.
 
 Try it: `uv run python -m webapp.ag_ui_events` prints the events of a short made-up run.
 """
