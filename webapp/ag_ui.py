@@ -6,7 +6,18 @@
          as AG-UI events (text/event-stream), every event with an `id:`.
     GET  /ag-ui/TravelPlanner/{threadId}/runs/{runId}      header Last-Event-ID: the last id received
          The same run's events after that id (all of them without the header): no gap, no repeat,
-         whether the run is still going or long finished, and even after the worker restarted.
+         whether the run is still going or long finished, and even after the worker restarted. Once
+         its stream expired: the recorded outcome (the thread's messages, then RUN_FINISHED).
+    POST /ag-ui/TravelPlanner/connect                      body: a RunAgentInput (only threadId matters)
+         Join the thread, knowing only its id (`connectAgent()` in @ag-ui/client): one run's events,
+         beginning with a MESSAGES_SNAPSHOT of the thread so far; the run in progress, live to its
+         end, if there is one, else a finished run.
+
+Every run's events: RUN_STARTED, MESSAGES_SNAPSHOT (the thread before this run, from the durable
+record, and the run's user message), the answer's events, then MESSAGES_SNAPSHOT (the record with
+the answer) and RUN_FINISHED, whose outcome is {type: "cancelled"} for a stopped run (POST
+/agents/TravelPlanner/cancel/{threadId}); a failed run ends with RUN_ERROR. A threadId is a bearer
+secret: whoever knows it can read and continue the conversation.
 
 Bad input (not a RunAgentInput, no user message, an unsafe threadId or runId) is a 422 with the
 reason, and nothing is started. A runId already started on the thread is a 409: resume it instead.
@@ -20,7 +31,8 @@ Watch the events in a terminal (`uv run web.py` first):
 
 How it works: the run's entries are read from Redis (`read_run`) and mapped to events by
 `webapp/ag_ui_events.py`, whose event ids come from entry ids. A resume replays the run from the
-cursor stored when it started and skips every event up to Last-Event-ID.
+cursor stored when it started and skips every event up to Last-Event-ID. The snapshots come from
+the durable record (`webapp/ag_ui_history.py`).
 """
 
 from __future__ import annotations
@@ -32,7 +44,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
-from ag_ui.core import RunAgentInput, TextInputContent, UserMessage
+from ag_ui.core import (
+    BaseEvent,
+    Message,
+    MessagesSnapshotEvent,
+    RunAgentInput,
+    RunErrorEvent,
+    RunFinishedCancelledOutcome,
+    RunFinishedEvent,
+    RunStartedEvent,
+    TextInputContent,
+    UserMessage,
+)
+from agent_framework_durabletask import DurableAgentState
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -41,25 +65,33 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from client import start_run
-from redis_stream_response_handler import START_OF_STREAM, RedisStreamResponseHandler, StreamChunk
-from reliability.durable_record import wait_for_recorded_answer
+from redis_stream_response_handler import (
+    CANCELLED,
+    DONE,
+    ERROR,
+    MARKERS_THAT_END_A_RUN,
+    START_OF_STREAM,
+    RedisStreamResponseHandler,
+)
+from reliability.durable_record import recorded_state
 from reliability.run_tracker import read_run
 from support.errors import UsageError
 from support.validation import message_problem, validate_session_key
 from webapp.ag_ui_events import RunEvents, event_id_order, sse_frame
+from webapp.ag_ui_history import MessageIds, has_response, run_request_messages, thread_messages
 from webapp.stream_budget import BudgetedEventSourceResponse, StreamBudget, too_many_streams
 
 PATH = "/ag-ui/TravelPlanner"
 RUN_KEY_PREFIX = "ag-ui-run:"
+THREAD_KEY_PREFIX = "ag-ui-thread:"  # a thread's newest AG-UI run id: what /connect joins
 PING_SECONDS = 10  # keep-alive comment while the run is silent, so proxies keep the connection open
 RETRY_MILLISECONDS = 1000  # for a browser EventSource on the resume route: how soon it reconnects
 # A run's record (its cursor and correlation id) must outlive its stream, whose TTL counts from the
 # stream's LAST write: keep the record that long after the run STARTED, plus an hour for the run itself.
 RUN_RECORD_EXTRA_SECONDS = 3600
+RECORD_WAIT_SECONDS = 5.0  # how long the closing snapshot waits for the entity to commit the run's response
+RECORD_POLL_SECONDS = 0.05
 _RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # fullmatch: `$` would accept a trailing newline
-# Workaround (agent-framework-ag-ui 1.7.0): its client (AGUIHttpService.post_run) leaves out these required
-# RunAgentInput fields; its own server accepts that, and so do we: (field name, JSON name, value when absent).
-_OFTEN_OMITTED = (("tools", "tools", []), ("context", "context", []), ("forwarded_props", "forwardedProps", {}))
 
 
 class RejectedError(Exception):
@@ -78,6 +110,9 @@ class RunRecord:
     run_id: str
     cursor: str  # the stream's newest entry id BEFORE the run started
     correlation_id: str | None  # the durable run; None: follow the first run after the cursor
+    message: str | None = None  # the user's message, until the entity records it (at the end of the run)
+    outcome: str | None = None  # done | cancelled | error, once a reader saw the run end
+    expired: bool = False  # the stream is gone: only the durable record is left
 
 
 async def run_agent(request: Request) -> Response:
@@ -86,8 +121,9 @@ async def run_agent(request: Request) -> Response:
     if not budget.try_open():  # checked first: a refused stream starts no run
         return too_many_streams(budget)
     try:
-        thread_id, run_id, message = await _checked_input(request)
-        record = await _start_run(request.app, thread_id, run_id, message)
+        run_input = await _checked_input(request)
+        message = _last_user_message(run_input)
+        record = await _start_run(request.app, run_input.thread_id, run_input.run_id, message)
     except RejectedError as error:
         budget.close()
         return JSONResponse({"error": str(error)}, status_code=error.status_code)
@@ -96,42 +132,68 @@ async def run_agent(request: Request) -> Response:
 
 async def resume_run(request: Request) -> Response:
     """Replay one run's events after Last-Event-ID (all of them without it), live until the run ends."""
+    outcome: list[BaseEvent] = []
     try:
         thread_id = _checked_thread_id(request.path_params["thread_id"])
         run_id = _checked_run_id(request.path_params["run_id"])
         last_event_id = request.headers.get("last-event-id")
         after = _checked_event_id(last_event_id) if last_event_id else None
         record = await _load_record(request.app, thread_id, run_id)
+        if record.expired:
+            outcome = await _recorded_outcome(request.app, record)  # before the budget: a 404 holds no stream
     except RejectedError as error:
         return JSONResponse({"error": str(error)}, status_code=error.status_code)
     budget: StreamBudget = request.app.state.stream_budget
     if not budget.try_open():
         return too_many_streams(budget)
-    return BudgetedEventSourceResponse(
-        _frames(request.app, record, after, retry=True), ping=PING_SECONDS, budget=budget
-    )
+    frames = _outcome_frames(outcome) if record.expired else _frames(request.app, record, after, retry=True)
+    return BudgetedEventSourceResponse(frames, ping=PING_SECONDS, budget=budget)
 
 
-ROUTES = [Route(PATH, run_agent, methods=["POST"]), Route(PATH + "/{thread_id}/runs/{run_id}", resume_run)]
+async def connect_run(request: Request) -> Response:
+    """Join a thread: its messages so far, then the run in progress to its end (else a finished run)."""
+    joined: list[BaseEvent] = []
+    try:
+        run_input = await _checked_input(request)
+        record = await _run_in_progress(request.app, run_input.thread_id)
+        if record is None:
+            state = await _state(request.app, run_input.thread_id)
+            joined = [
+                RunStartedEvent(thread_id=run_input.thread_id, run_id=run_input.run_id),
+                MessagesSnapshotEvent(messages=thread_messages(state)),
+                RunFinishedEvent(thread_id=run_input.thread_id, run_id=run_input.run_id),
+            ]
+    except RejectedError as error:
+        return JSONResponse({"error": str(error)}, status_code=error.status_code)
+    budget: StreamBudget = request.app.state.stream_budget
+    if not budget.try_open():
+        return too_many_streams(budget)
+    frames = _frames(request.app, record, after=None) if record is not None else _outcome_frames(joined)
+    return BudgetedEventSourceResponse(frames, ping=PING_SECONDS, budget=budget)
 
 
-async def _checked_input(request: Request) -> tuple[str, str, str]:
-    """(thread id, run id, message) from a RunAgentInput body, or RejectedError naming the problem."""
+ROUTES = [
+    Route(PATH, run_agent, methods=["POST"]),
+    Route(PATH + "/connect", connect_run, methods=["POST"]),
+    Route(PATH + "/{thread_id}/runs/{run_id}", resume_run),
+]
+
+
+async def _checked_input(request: Request) -> RunAgentInput:
+    """The body as a RunAgentInput with safe thread and run ids, or RejectedError naming the problem."""
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RejectedError("the body must be JSON: an AG-UI RunAgentInput") from None
     if not isinstance(body, dict):
         raise RejectedError("the body must be a JSON object: an AG-UI RunAgentInput")
-    for name, json_name, absent in _OFTEN_OMITTED:
-        if name not in body and json_name not in body:
-            body[name] = absent
     try:
         run_input = RunAgentInput.model_validate(body)
     except ValidationError as error:
         raise RejectedError(f"not a valid RunAgentInput: {_first_problems(error)}") from None
-    thread_id, run_id = _checked_thread_id(run_input.thread_id), _checked_run_id(run_input.run_id)
-    return thread_id, run_id, _last_user_message(run_input)
+    _checked_thread_id(run_input.thread_id)
+    _checked_run_id(run_input.run_id)
+    return run_input
 
 
 def _first_problems(error: ValidationError, limit: int = 3) -> str:
@@ -178,6 +240,10 @@ def record_key(thread_id: str, run_id: str) -> str:
     return f"{RUN_KEY_PREFIX}{thread_id}/{run_id}"  # '/' is in neither id's alphabet: no two pairs collide
 
 
+def thread_key(thread_id: str) -> str:
+    return f"{THREAD_KEY_PREFIX}{thread_id}"
+
+
 async def _start_run(app: Starlette, thread_id: str, run_id: str, message: str) -> RunRecord:
     handler: RedisStreamResponseHandler = app.state.handler
     key, ttl = record_key(thread_id, run_id), app.state.settings.stream_ttl_seconds + RUN_RECORD_EXTRA_SECONDS
@@ -193,8 +259,10 @@ async def _start_run(app: Starlette, thread_id: str, run_id: str, message: str) 
             raise
         detail = f"{error.code().name} {error.details()}"  # type: ignore[attr-defined]
         raise RejectedError(f"the scheduler failed the request: {detail}", 502) from None
-    await handler.redis.set(key, json.dumps({"cursor": run.cursor, "correlation_id": run.correlation_id}), ex=ttl)
-    return RunRecord(thread_id, run_id, run.cursor, run.correlation_id)
+    fields = {"cursor": run.cursor, "correlation_id": run.correlation_id, "message": message}
+    await handler.redis.set(key, json.dumps(fields), ex=ttl)
+    await handler.redis.set(thread_key(thread_id), run_id, ex=ttl)  # what a client joining the thread follows
+    return RunRecord(thread_id, run_id, run.cursor, run.correlation_id, message)
 
 
 async def _load_record(app: Starlette, thread_id: str, run_id: str) -> RunRecord:
@@ -205,9 +273,95 @@ async def _load_record(app: Starlette, thread_id: str, run_id: str) -> RunRecord
     fields = json.loads(stored)
     if "cursor" not in fields:  # claimed by a POST whose run is starting this very moment
         raise RejectedError(f"run {run_id} on thread {thread_id} is starting; retry in a moment", 409)
-    if fields["cursor"] != START_OF_STREAM and await handler.last_entry_id(thread_id) == START_OF_STREAM:
-        raise RejectedError(f"run {run_id} on thread {thread_id} is gone: its stream expired", 404)
-    return RunRecord(thread_id, run_id, fields["cursor"], fields.get("correlation_id"))
+    correlation_id, outcome = fields.get("correlation_id"), fields.get("outcome")
+    expired = False
+    if await handler.last_entry_id(thread_id) == START_OF_STREAM:  # no stream: gone, or the run not yet begun
+        ended = outcome is not None or fields["cursor"] != START_OF_STREAM
+        expired = ended or (correlation_id is not None and has_response(await _state(app, thread_id), correlation_id))
+    return RunRecord(
+        thread_id,
+        run_id,
+        fields["cursor"],
+        correlation_id,
+        fields.get("message"),
+        outcome,
+        expired,
+    )
+
+
+async def _note_outcome(app: Starlette, record: RunRecord, outcome: str) -> None:
+    """Keep how the run ended in its record: after the stream expired, a resume answers with it."""
+    if record.outcome == outcome:
+        return
+    handler: RedisStreamResponseHandler = app.state.handler
+    key = record_key(record.thread_id, record.run_id)
+    if (stored := await handler.redis.get(key)) is not None:
+        await handler.redis.set(key, json.dumps({**json.loads(stored), "outcome": outcome}), xx=True, keepttl=True)
+
+
+async def _run_in_progress(app: Starlette, thread_id: str) -> RunRecord | None:
+    """The thread's newest AG-UI run while it is still going (its response not yet recorded), else None."""
+    handler: RedisStreamResponseHandler = app.state.handler
+    run_id = await handler.redis.get(thread_key(thread_id))
+    if run_id is None:
+        return None
+    try:
+        record = await _load_record(app, thread_id, str(run_id))
+    except RejectedError:
+        return None  # expired, or starting this very moment (its own POST streams it)
+    if record.expired or record.outcome is not None or record.correlation_id is None:
+        return None
+    state = await _state(app, thread_id)
+    return None if has_response(state, record.correlation_id) else record
+
+
+async def _state(app: Starlette, thread_id: str) -> DurableAgentState | None:
+    """The entity's state: one quick gRPC call, on the app's record threads."""
+    client: DurableTaskSchedulerClient = app.state.client
+    return await asyncio.get_running_loop().run_in_executor(app.state.record_threads, recorded_state, client, thread_id)
+
+
+async def _state_with_response(app: Starlette, thread_id: str, correlation_id: str) -> DurableAgentState | None:
+    """The state once it holds the run's response, waiting briefly; None if it never came.
+
+    Workaround (agent-framework-durabletask 1.0.0b260922): the end marker is written a moment BEFORE
+    the entity's operation returns and the scheduler commits its state (reliability/durable_record.py).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RECORD_WAIT_SECONDS
+    while not has_response(state := await _state(app, thread_id), correlation_id):
+        if loop.time() >= deadline:
+            return None
+        await asyncio.sleep(RECORD_POLL_SECONDS)
+    return state
+
+
+async def _history_before(app: Starlette, record: RunRecord, correlation_id: str) -> list[Message]:
+    """The thread's messages before this run, then the run's user message: the run's first snapshot."""
+    state = await _state(app, record.thread_id)
+    own = run_request_messages(state, correlation_id)
+    if not own and record.message is not None:
+        own = [UserMessage(id=MessageIds(correlation_id).user(0), content=record.message)]
+    return [*thread_messages(state, without=correlation_id), *own]
+
+
+async def _recorded_outcome(app: Starlette, record: RunRecord) -> list[BaseEvent]:
+    """A run whose stream expired, as the durable record has it: its messages, then how it ended."""
+    state = await _state(app, record.thread_id)
+    if record.correlation_id is None or not has_response(state, record.correlation_id):
+        raise RejectedError(f"run {record.run_id} on thread {record.thread_id} is gone: its stream expired", 404)
+    started = RunStartedEvent(thread_id=record.thread_id, run_id=record.run_id)
+    if record.outcome == ERROR:
+        return [started, RunErrorEvent(message="the run failed", code="RUN_FAILED")]
+    outcome = RunFinishedCancelledOutcome() if record.outcome == CANCELLED else None
+    finished = RunFinishedEvent(thread_id=record.thread_id, run_id=record.run_id, outcome=outcome)
+    return [started, MessagesSnapshotEvent(messages=thread_messages(state)), finished]
+
+
+async def _outcome_frames(events: list[BaseEvent]) -> AsyncIterator[bytes]:
+    """Events made from the durable record alone: no stream entry to number them by, so no `id:`."""
+    for event in events:
+        yield sse_frame(None, event)
 
 
 async def _frames(
@@ -225,16 +379,16 @@ async def _frames(
         if retry:
             yield f"retry: {RETRY_MILLISECONDS}\n\n".encode()
         async for chunk in read_run(handler, record.thread_id, record.cursor, record.correlation_id):
-            recorded = await _recorded_answer(app, record.thread_id, chunk) if chunk.is_done and chunk.missing else None
-            for event_id, event in events.events_for(chunk, recorded):
+            if events.before is None:  # the first chunk: the snapshot that opens the run
+                events.before = await _history_before(app, record, chunk.correlation_id)
+            final = None
+            if chunk.kind in (DONE, CANCELLED):  # the snapshot that closes it: the record, with this run
+                state = await _state_with_response(app, record.thread_id, chunk.correlation_id)
+                final = thread_messages(state) if state is not None else None
+            if chunk.kind in MARKERS_THAT_END_A_RUN:
+                await _note_outcome(app, record, chunk.kind)
+            for event_id, event in events.events_for(chunk, final):
                 if after is None or event_id_order(event_id) > after:
                     yield sse_frame(event_id, event)
     finally:
         app.state.active_streams -= 1
-
-
-async def _recorded_answer(app: Starlette, thread_id: str, done: StreamChunk) -> str | None:
-    """The answer the durable entity recorded for the run that `done` ends (committed a moment after it)."""
-    client: DurableTaskSchedulerClient = app.state.client
-    answer = await asyncio.to_thread(wait_for_recorded_answer, client, thread_id, done.correlation_id, 5.0)
-    return answer.text if answer is not None else None

@@ -1,5 +1,5 @@
 """The AG-UI endpoint over real HTTP: Agent Framework's own AG-UI client, the protocol's models, ag-ui-validate,
-resuming with Last-Event-ID, restarts, failures, and bad input.
+resuming with Last-Event-ID, restarts, failures, history snapshots, joining a thread, and bad input.
 
 Like test_web.py: a real uvicorn server on a loopback port with its embedded scheduler, an in-process
 durable worker (the offline demo model) and the tests' private Redis.
@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,8 +23,6 @@ import pytest
 from ag_ui.core import Event
 from ag_ui_validate.pytest_plugin import assert_valid_agui
 from ag_ui_validate.transport import TransportOptions, sse_items, validate_endpoint
-from agent_framework import ChatResponse, ChatResponseUpdate, Message
-from agent_framework_ag_ui import AGUIChatClient
 from pydantic import TypeAdapter
 
 from redis_stream_response_handler import (
@@ -33,7 +34,9 @@ from redis_stream_response_handler import (
     TOOL_RESULT,
     RedisStreamResponseHandler,
     entry_fields,
+    stream_key,
 )
+from tests.conftest import ROOT
 from tests.streams import write_entries
 from tests.webapp.test_web import Server, demo_worker, eventually, serve
 from webapp.ag_ui import record_key
@@ -108,31 +111,41 @@ async def redis(redis_url: str) -> AsyncIterator[RedisStreamResponseHandler]:
         yield handler
 
 
+# Agent Framework's AG-UI client pins ag-ui-protocol < 0.2: it runs in an environment of its own (docs/workarounds.md).
+AF_CLIENT = ["--no-project", "--isolated", "--with", "agent-framework-ag-ui==1.7.0", "python"]
+
+
+def agent_framework_client(endpoint: str, thread_id: str, question: str) -> dict[str, Any]:
+    """What Agent Framework's AGUIChatClient made of one run (tests/webapp/af_agui_client.py, in its own venv)."""
+    uv = os.environ.get("UV") or shutil.which("uv")
+    assert uv is not None, "uv runs the test suite, and this test runs uv"
+    command = [*AF_CLIENT, str(ROOT / "tests" / "webapp" / "af_agui_client.py"), endpoint, thread_id, question]
+    # Offline first (uv's cache, no index round trip), then online: a fresh CI machine downloads it once.
+    for mode in (["--offline"], []):
+        done = subprocess.run([uv, "run", *mode, *command], capture_output=True, text=True, timeout=240, cwd=ROOT)
+        if done.returncode == 0:
+            return json.loads(done.stdout.splitlines()[-1])
+    raise AssertionError(f"the Agent Framework client failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
 async def test_agent_framework_client_streams_the_answer(
     web: Server, http: httpx.AsyncClient, redis: RedisStreamResponseHandler
 ) -> None:
     thread_id = f"thread-{uuid.uuid4().hex}"
-    async with AGUIChatClient(endpoint=web.url + AG_UI) as client:
-        question = [Message("user", ["Plan a 2-day trip to Oslo"])]
-        stream = client.get_response(question, stream=True, options={"metadata": {"thread_id": thread_id}})
-        updates: list[ChatResponseUpdate] = [update async for update in stream]
+    run = agent_framework_client(web.url + AG_UI, thread_id, "Plan a 2-day trip to Oslo")
 
-    started, finished = updates[0].additional_properties or {}, updates[-1].additional_properties or {}
+    started, finished = run["started"], run["finished"]
     assert started["thread_id"] == thread_id and finished["thread_id"] == thread_id
-    assert finished["run_id"] == started["run_id"] and updates[-1].finish_reason == "stop"
-    text = "".join(update.text for update in updates)
-    assert text == await recorded_answer(http, redis, thread_id, started["run_id"])
-    assert "Oslo" in text
+    assert finished["run_id"] == started["run_id"] and run["finish_reason"] == "stop"
+    assert run["text"] == await recorded_answer(http, redis, thread_id, started["run_id"])
+    assert "Oslo" in run["text"]
     # The agent's tool calls, as Agent Framework content: server-side (hosted) calls, then their results.
-    response = ChatResponse.from_updates(updates)
-    calls = [c for m in response.messages for c in m.contents if c.type == "function_call"]
-    results = {c.call_id: str(c.result) for m in response.messages for c in m.contents if c.type == "function_result"}
-    assert [(c.name, json.loads(str(c.arguments))) for c in calls] == [
+    assert [(c["name"], c["arguments"]) for c in run["calls"]] == [
         ("get_weather_forecast", {"destination": "Oslo", "days": 2}),
         ("get_local_events", {"destination": "Oslo"}),
     ]
-    assert all(c.hosted for c in calls)  # the client runs nothing itself: the durable agent ran the tools
-    assert [results[str(c.call_id)].splitlines()[0] for c in calls] == [
+    assert all(c["hosted"] for c in run["calls"])  # the client runs nothing itself: the durable agent ran the tools
+    assert [run["results"][c["call_id"]].splitlines()[0] for c in run["calls"]] == [
         "Weather forecast for Oslo:",
         "Events in Oslo (all):",
     ]
@@ -195,7 +208,7 @@ async def test_a_reconnect_with_last_event_id_gets_exactly_the_remaining_events(
 async def test_a_restart_is_a_fresh_message(
     web: Server, http: httpx.AsyncClient, redis: RedisStreamResponseHandler
 ) -> None:
-    """A redelivered run (worker crash) starts over: the new attempt is a new message, never spliced."""
+    """A redelivered run (worker crash) starts over: a snapshot drops the abandoned attempt, the new one is new."""
     thread_id, run_id = new_ids()
     call = {"name": "get_weather_forecast", "call_id": "call-1"}
     entries = []
@@ -205,27 +218,46 @@ async def test_a_restart_is_a_fresh_message(
         entries += [entry_fields(TOOL_RESULT, "run-1", 1, result="Day 1: Sunny", **call)]
         entries += [entry_fields("token", "run-1", 2, text)]
     ids = await write_entries(redis, thread_id, [*entries, entry_fields(DONE, "run-1", 3, chunks=3)])
-    await redis.redis.set(record_key(thread_id, run_id), json.dumps({"cursor": "0-0", "correlation_id": "run-1"}))
+    record = {"cursor": "0-0", "correlation_id": "run-1", "message": "Plan a day in Oslo"}
+    await redis.redis.set(record_key(thread_id, run_id), json.dumps(record))
 
     events = await resume(http, thread_id, run_id)
 
     assert_valid_agui([event for _, event in events], max_warnings=0)  # no repeated id, no spliced message
     attempt = ["TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT"]
     attempt += ["TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END"]
-    assert [event["type"] for _, event in events] == ["RUN_STARTED", *attempt, "CUSTOM", *attempt, "RUN_FINISHED"]
-    partial, restart, fresh = events[5][1], events[8][1], events[13][1]
+    types = [event["type"] for _, event in events]
+    # (No durable record for this hand-written run: no closing snapshot.)
+    assert types == [
+        "RUN_STARTED",
+        "MESSAGES_SNAPSHOT",
+        *attempt,
+        "CUSTOM",
+        "MESSAGES_SNAPSHOT",
+        *attempt,
+        "RUN_FINISHED",
+    ]
+    opening, restart, dropping = events[1][1], events[9][1], events[10][1]
+    assert (
+        opening["messages"]
+        == dropping["messages"]
+        == [{"id": "run-1-u0", "role": "user", "content": record["message"]}]
+    )
+    partial, fresh = events[6][1], events[15][1]
     assert restart["name"] == "durable-agent.restart" and restart["value"]["messageId"] == partial["messageId"]
     assert fresh["messageId"] != partial["messageId"] and fresh["type"] == "TEXT_MESSAGE_START"
-    assert text_of(events[9:]) == "Day 1: sun"
-    first_call, second_call = events[1][1]["toolCallId"], events[9][1]["toolCallId"]
-    assert first_call == "call-1" and second_call != first_call and events[12][1]["toolCallId"] == second_call
-    assert [event_id for event_id, _ in events][7:10] == [f"{ids[4]}.0", f"{ids[4]}.1", f"{ids[5]}.0"]
+    assert text_of(events[10:]) == "Day 1: sun"
+    first_call, second_call = events[2][1], events[11][1]
+    assert first_call["toolCallId"] == "call-1" and second_call["toolCallId"] != "call-1"
+    # The calls belong to the assistant message of their attempt (and not to a message of their own each).
+    assert first_call["parentMessageId"] == "run-1-m0" and second_call["parentMessageId"] == "run-1~1-m0"
+    assert [event_id for event_id, _ in events][8:12] == [f"{ids[4]}.0", f"{ids[4]}.1", f"{ids[4]}.2", f"{ids[5]}.0"]
 
 
 async def test_tokens_that_never_reached_the_stream_are_recovered_from_the_durable_record(
     http: httpx.AsyncClient, redis: RedisStreamResponseHandler
 ) -> None:
-    """A gap in the stream (Redis was unreachable for a while): the answer comes from the durable record."""
+    """A gap in the stream (Redis was unreachable for a while): the closing snapshot has the recorded answer."""
     thread_id, run_id = new_ids()
     answer = text_of(await post_run(http, run_input(thread_id, run_id)))  # a real run, recorded by the entity
     stored = await redis.redis.get(record_key(thread_id, run_id))
@@ -242,27 +274,32 @@ async def test_tokens_that_never_reached_the_stream_are_recovered_from_the_durab
 
     assert_valid_agui([event for _, event in events], max_warnings=0)
     types = [event["type"] for _, event in events]
-    assert types[-6:] == [
-        "TEXT_MESSAGE_END",
-        "CUSTOM",
-        "TEXT_MESSAGE_START",
-        "TEXT_MESSAGE_CONTENT",
-        "TEXT_MESSAGE_END",
-        "RUN_FINISHED",
-    ]
-    assert "1 tokens never reached the stream" in events[-5][1]["value"]["reason"]
-    assert events[-3][1]["delta"] == answer
+    assert types[-3:] == ["TEXT_MESSAGE_END", "MESSAGES_SNAPSHOT", "RUN_FINISHED"]
+    # What a client keeps is the snapshot: the streamed "DayOslo" is replaced (same id) or dropped (another id).
+    streamed_id, snapshot = events[-3][1]["messageId"], events[-2][1]["messages"]
+    assert text_of(events) == "DayOslo" and snapshot[-1] == {
+        "id": f"{correlation_id}-m1",
+        "role": "assistant",
+        "content": answer,
+    }
+    assert all(message["content"] == answer for message in snapshot if message["id"] == streamed_id)
 
 
 @pytest.mark.parametrize(
-    ("last_entry", "code", "message"),
+    ("last_entry", "ending"),
     [
-        (entry_fields(ERROR, "run-1", 1, error="RuntimeError: model down"), "RUN_FAILED", "RuntimeError: model down"),
-        (entry_fields(CANCELLED, "run-1", 1, reason="stopped by the user"), "CANCELLED", "stopped by the user"),
+        (
+            entry_fields(ERROR, "run-1", 1, error="RuntimeError: model down"),
+            {"type": "RUN_ERROR", "code": "RUN_FAILED", "message": "RuntimeError: model down"},
+        ),
+        (
+            entry_fields(CANCELLED, "run-1", 1, reason="stopped by the user"),
+            {"type": "RUN_FINISHED", "outcome": {"type": "cancelled"}},
+        ),
     ],
 )
-async def test_a_failed_or_cancelled_run_ends_with_run_error(
-    http: httpx.AsyncClient, redis: RedisStreamResponseHandler, last_entry: dict[str, str], code: str, message: str
+async def test_a_failed_run_ends_with_run_error_and_a_stopped_one_is_cancelled(
+    http: httpx.AsyncClient, redis: RedisStreamResponseHandler, last_entry: dict[str, str], ending: dict[str, Any]
 ) -> None:
     thread_id, run_id = new_ids()
     entries = [entry_fields(START, "run-1", 0, attempt="a1"), entry_fields("token", "run-1", 0, "Day 1"), last_entry]
@@ -272,8 +309,10 @@ async def test_a_failed_or_cancelled_run_ends_with_run_error(
     events = await resume(http, thread_id, run_id)
 
     assert_valid_agui([event for _, event in events], max_warnings=0)
-    assert [event["type"] for _, event in events][-2:] == ["TEXT_MESSAGE_END", "RUN_ERROR"]
-    assert (events[-1][1]["code"], events[-1][1]["message"]) == (code, message)
+    assert [event["type"] for _, event in events][-2] == "TEXT_MESSAGE_END"
+    assert events[-1][1].items() >= ending.items()
+    stored = await redis.redis.get(record_key(thread_id, run_id))  # the outcome, kept for after the stream expired
+    assert stored is not None and json.loads(stored)["outcome"] == last_entry["kind"]
 
 
 async def test_a_run_the_worker_restarts_without_streaming_is_a_fresh_message(redis_url: str) -> None:
@@ -337,3 +376,74 @@ async def test_a_repeated_run_id_is_a_409_and_unknown_runs_and_bad_ids_are_refus
     assert unknown.status_code == 404
     bad_id = await http.get(f"{AG_UI}/{thread_id}/runs/{run_id}", headers={"Last-Event-ID": "1-2-3"})
     assert bad_id.status_code == 422 and "Last-Event-ID" in bad_id.json()["error"]
+
+
+async def connect(http: httpx.AsyncClient, thread_id: str) -> list:
+    body = {"threadId": thread_id, "runId": f"join-{uuid.uuid4().hex}", "messages": []}  # what connectAgent() sends
+    async with http.stream("POST", f"{AG_UI}/connect", json=body) as response:
+        return await events_of(response)
+
+
+def snapshots(events: list[tuple[str | None, dict]]) -> list[list[dict]]:
+    return [event["messages"] for _, event in events if event["type"] == "MESSAGES_SNAPSHOT"]
+
+
+async def test_every_run_opens_and_closes_with_the_threads_messages(http: httpx.AsyncClient) -> None:
+    thread_id = f"thread-{uuid.uuid4().hex}"
+    first = await post_run(http, run_input(thread_id, "r1"))
+    second = await post_run(http, run_input(thread_id, "r2", "Plan a 1-day trip to Bergen"))
+
+    for events in (first, second):
+        assert_valid_agui([event for _, event in events], max_warnings=0)
+        assert [event["type"] for _, event in events][:2] == ["RUN_STARTED", "MESSAGES_SNAPSHOT"]
+        assert [event["type"] for _, event in events][-2:] == ["MESSAGES_SNAPSHOT", "RUN_FINISHED"]
+    (opening, closing), (opening_2, closing_2) = snapshots(first), snapshots(second)
+    assert [m["role"] for m in opening] == ["user"] and opening[0]["content"] == "Plan a 2-day trip to Oslo"
+    assert [m["role"] for m in closing] == ["user", "assistant", "tool", "tool", "assistant"]
+    assert opening_2[:-1] == closing and opening_2[-1]["content"] == "Plan a 1-day trip to Bergen"
+    assert closing_2[:5] == closing and len(closing_2) == 10
+    # The streamed messages carry the ids the record gives them: the closing snapshot confirms, never replaces.
+    streamed = {
+        e.get("messageId") or e.get("parentMessageId") for _, e in first if e["type"].startswith(("TEXT", "TOOL"))
+    }
+    assert streamed - {None} == {m["id"] for m in closing[1:]}
+    assert closing[-1]["content"] == text_of(first)
+    assert [call["id"] for call in closing[1]["toolCalls"]] == [m["toolCallId"] for m in closing[2:4]]
+
+
+async def test_joining_a_thread_after_its_run_ended_is_a_finished_run_with_the_history(
+    http: httpx.AsyncClient,
+) -> None:
+    thread_id, run_id = new_ids()
+    ran = await post_run(http, run_input(thread_id, run_id))
+
+    joined = await connect(http, thread_id)
+
+    assert_valid_agui([event for _, event in joined], max_warnings=0)
+    assert [event["type"] for _, event in joined] == ["RUN_STARTED", "MESSAGES_SNAPSHOT", "RUN_FINISHED"]
+    assert snapshots(joined) == snapshots(ran)[-1:]
+    assert all(event_id is None for event_id, _ in joined)  # made from the record: no stream position to resume
+    empty = await connect(http, f"thread-{uuid.uuid4().hex}")  # a thread nobody used: no messages, still a run
+    assert snapshots(empty) == [[]]
+    bad = await http.post(f"{AG_UI}/connect", json={"threadId": "../x", "runId": "j", "messages": []})
+    assert bad.status_code == 422 and "threadId" in bad.json()["error"]
+
+
+@pytest.mark.parametrize("outcome", ["done", "cancelled"])
+async def test_a_resume_after_the_stream_expired_answers_the_recorded_outcome(
+    http: httpx.AsyncClient, redis: RedisStreamResponseHandler, outcome: str
+) -> None:
+    thread_id, run_id = new_ids()
+    ran = await post_run(http, run_input(thread_id, run_id))
+    key = record_key(thread_id, run_id)
+    stored = await redis.redis.get(key)
+    assert stored is not None and json.loads(stored)["outcome"] == "done"  # noted when the stream showed the end
+    await redis.redis.set(key, json.dumps({**json.loads(stored), "outcome": outcome}))  # as a Stop would have
+    await redis.redis.delete(stream_key(thread_id))  # the stream expired
+
+    events = await resume(http, thread_id, run_id, last_event_id=ran[3][0])
+
+    assert_valid_agui([event for _, event in events], max_warnings=0)
+    assert [event["type"] for _, event in events] == ["RUN_STARTED", "MESSAGES_SNAPSHOT", "RUN_FINISHED"]
+    assert snapshots(events) == snapshots(ran)[-1:] and events[0][1]["runId"] == run_id
+    assert events[-1][1].get("outcome", {"type": "done"})["type"] == outcome
