@@ -84,31 +84,49 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     idle_timeout_seconds = _seconds(environ, "STREAM_IDLE_TIMEOUT_SECONDS", 20.0)
     if redis_url is not None:
         _check_read_timeout(redis_url, idle_timeout_seconds)
-    return Settings(
-        endpoint=endpoint,
-        taskhub=_taskhub(environ),
-        redis_url=redis_url,
-        # Upper bounds: a year of TTL, ten million entries; a larger value fails every write at run time.
-        stream_ttl_seconds=60 * _whole_number(environ, "REDIS_STREAM_TTL_MINUTES", 10, 1, 525_600, "minutes"),
-        stream_max_length=_whole_number(environ, "REDIS_STREAM_MAX_LENGTH", 10_000, 100, 10_000_000, "entries"),
-        idle_timeout_seconds=idle_timeout_seconds,
-        heartbeat_seconds=_seconds(environ, "STREAM_HEARTBEAT_SECONDS", 2.0),
-        max_silence_seconds=_seconds(environ, "STREAM_MAX_SILENCE_SECONDS", 300.0),
-        local_scheduler_port=_port(environ, "LOCAL_SCHEDULER_PORT", 8080),
-        local_redis_port=_port(environ, "LOCAL_REDIS_PORT", 6379),
-        log_level=_log_level(environ),
-        web_max_streams=_whole_number(environ, "WEB_MAX_STREAMS", 200, 1, MAX_WEB_STREAMS, "streams"),
-        web_allowed_hosts=_allowed_hosts(environ),
-        # A thread each: past the maximum, run more worker processes instead.
-        worker_max_concurrent_runs=_whole_number(
-            environ,
-            "WORKER_MAX_CONCURRENT_RUNS",
-            DEFAULT_WORKER_MAX_CONCURRENT_RUNS,
-            1,
-            MAX_WORKER_CONCURRENT_RUNS,
-            "runs",
-        ),
+    return _consistent(
+        Settings(
+            endpoint=endpoint,
+            taskhub=_taskhub(environ),
+            redis_url=redis_url,
+            # Upper bounds: a year of TTL, ten million entries; a larger value fails every write at run time.
+            stream_ttl_seconds=60 * _whole_number(environ, "REDIS_STREAM_TTL_MINUTES", 10, 1, 525_600, "minutes"),
+            stream_max_length=_whole_number(environ, "REDIS_STREAM_MAX_LENGTH", 10_000, 100, 10_000_000, "entries"),
+            idle_timeout_seconds=idle_timeout_seconds,
+            heartbeat_seconds=_seconds(environ, "STREAM_HEARTBEAT_SECONDS", 2.0),
+            max_silence_seconds=_seconds(environ, "STREAM_MAX_SILENCE_SECONDS", 300.0),
+            local_scheduler_port=_port(environ, "LOCAL_SCHEDULER_PORT", 8080),
+            local_redis_port=_port(environ, "LOCAL_REDIS_PORT", 6379),
+            log_level=_log_level(environ),
+            web_max_streams=_whole_number(environ, "WEB_MAX_STREAMS", 200, 1, MAX_WEB_STREAMS, "streams"),
+            web_allowed_hosts=_allowed_hosts(environ),
+            # A thread each: past the maximum, run more worker processes instead.
+            worker_max_concurrent_runs=_whole_number(
+                environ,
+                "WORKER_MAX_CONCURRENT_RUNS",
+                DEFAULT_WORKER_MAX_CONCURRENT_RUNS,
+                1,
+                MAX_WORKER_CONCURRENT_RUNS,
+                "runs",
+            ),
+        )
     )
+
+
+def _consistent(settings: Settings) -> Settings:
+    """Reject timings that contradict each other: each is valid alone, but together a live run looks dead."""
+    idle, heartbeat, silence = settings.idle_timeout_seconds, settings.heartbeat_seconds, settings.max_silence_seconds
+    if heartbeat * 2 > idle:  # the flusher checks every heartbeat/2: a reader must hear one well within its timeout
+        raise UsageError(
+            f"STREAM_HEARTBEAT_SECONDS ({heartbeat:g}) must be at most half of STREAM_IDLE_TIMEOUT_SECONDS ({idle:g}), "
+            "or readers time out while the worker is alive; lower the heartbeat or raise the idle timeout"
+        )
+    if silence < idle:
+        raise UsageError(
+            f"STREAM_MAX_SILENCE_SECONDS ({silence:g}) must be at least STREAM_IDLE_TIMEOUT_SECONDS ({idle:g}): "
+            "a run is ended as stuck sooner than a reader would wait for it; raise it"
+        )
+    return settings
 
 
 def _optional(environ: Mapping[str, str], name: str) -> str | None:

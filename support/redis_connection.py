@@ -32,7 +32,7 @@ import os
 import sys
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -86,7 +86,7 @@ def parse_target(url: str) -> RedisTarget:
             "REDIS_CONNECTION_STRING has a password, and auth=entra-id (or REDIS_AUTH=entra-id) asks for a token: "
             "remove one of them"
         )
-    plain = urlunsplit(parts._replace(query=urlencode(rest, safe="/")))
+    plain = _unsplit(parts._replace(query=urlencode(rest, safe="/")))
     return RedisTarget(plain, cluster=cluster == "true", entra_id=auth == ENTRA_ID)
 
 
@@ -96,7 +96,16 @@ def with_options(url: str, *, cluster: bool, entra_id: bool) -> str:
     query = [(name, value) for name, value in parse_qsl(parts.query) if name not in (CLUSTER_OPTION, AUTH_OPTION)]
     query += [(CLUSTER_OPTION, "true")] if cluster else []
     query += [(AUTH_OPTION, ENTRA_ID)] if entra_id else []
-    return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+    return _unsplit(parts._replace(query=urlencode(query, safe="/")))
+
+
+def _unsplit(parts: SplitResult) -> str:
+    # urlunsplit drops the '//' of a URL with no host: unix:///run/redis.sock became unix:/run/redis.sock,
+    # which redis-py rejects. Put it back.
+    url = urlunsplit(parts)
+    if parts.scheme and not parts.netloc and not url.startswith(f"{parts.scheme}://"):
+        url = f"{parts.scheme}://{url.removeprefix(parts.scheme + ':')}"
+    return url
 
 
 def async_client(url: str, **options: Any) -> AsyncRedis:

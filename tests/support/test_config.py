@@ -50,3 +50,18 @@ def test_passwords_are_redacted_even_in_error_messages() -> None:
     with pytest.raises(UsageError) as raised:
         load_settings({"REDIS_CONNECTION_STRING": "http://app:s3cret@cache.example"})
     assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"STREAM_HEARTBEAT_SECONDS": "20"}, "STREAM_HEARTBEAT_SECONDS (20) must be at most half of"),
+        ({"STREAM_IDLE_TIMEOUT_SECONDS": "3"}, "STREAM_HEARTBEAT_SECONDS (2) must be at most half of"),
+        ({"STREAM_MAX_SILENCE_SECONDS": "0.1"}, "STREAM_MAX_SILENCE_SECONDS (0.1) must be at least"),
+    ],
+)
+def test_timings_that_contradict_each_other_are_one_error_line(environ: dict[str, str], expected: str) -> None:
+    # Each value is valid alone; together a reader would give up on a live run, or a live run be ended as stuck.
+    with pytest.raises(UsageError) as raised:
+        load_settings(environ)
+    assert str(raised.value).startswith(expected) and "\n" not in str(raised.value)

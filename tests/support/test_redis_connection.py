@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from support.config import load_settings
 from support.errors import UsageError
+from support.ports import free_port
+from support.private_redis import PrivateRedisServer
 from support.redis_connection import RedisTarget, parse_target
 from support.services import check_redis
+from tests.conftest import cli_environment, run_cli
 from tests.support.fake_azure_identity import FakeManagedIdentity
 
 
@@ -51,3 +56,15 @@ def test_entra_id_without_an_azure_identity_is_one_error_line(redis_url: str, mo
 
     assert "\n" not in str(raised.value)
     assert "could not get a Microsoft Entra ID token for the Redis in REDIS_CONNECTION_STRING" in str(raised.value)
+
+
+def test_a_unix_socket_url_works_end_to_end(tmp_path: Path) -> None:
+    # The form .env.example documents; urlunsplit once turned it into unix:/path, which redis-py refuses.
+    socket_path = tmp_path / "redis.sock"
+    with PrivateRedisServer(free_port(), extra_args=["--unixsocket", str(socket_path), "--unixsocketperm", "700"]):
+        env = cli_environment(REDIS_CONNECTION_STRING=f"unix://{socket_path}")
+        result = run_cli("sample.py", "-m", "Plan a 1-day trip to Oslo", "--verify", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert f"using Redis at unix://{socket_path}" in result.stderr
+    assert "# Your 1-day trip to Oslo" in result.stdout

@@ -180,7 +180,10 @@ def test_a_failing_model_exits_1_with_the_error_text(tmp_path: Path) -> None:
 
 def test_no_worker_running_is_reported_by_the_idle_timeout(redis_url: str, scheduler_endpoint: str) -> None:
     env = cli_environment(
-        ENDPOINT=scheduler_endpoint, REDIS_CONNECTION_STRING=redis_url, STREAM_IDLE_TIMEOUT_SECONDS="1"
+        ENDPOINT=scheduler_endpoint,
+        REDIS_CONNECTION_STRING=redis_url,
+        STREAM_IDLE_TIMEOUT_SECONDS="1",
+        STREAM_HEARTBEAT_SECONDS="0.5",  # at most half the idle timeout (support/config.py)
     )
     result = run_cli("client.py", "-m", "Plan a trip to Bern", env=env)
 

@@ -46,7 +46,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-pytestmark = [
+# Shared by every browser test module (test_browser_stop.py too): both skip, never fail, without them.
+NEEDS_A_BROWSER = [
     pytest.mark.skipif(
         not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)"
     ),
@@ -54,6 +55,7 @@ pytestmark = [
         importlib.util.find_spec("playwright") is None, reason="needs Playwright (uv sync --group dev)"
     ),
 ]
+pytestmark = NEEDS_A_BROWSER
 
 
 @pytest.fixture

@@ -5,13 +5,9 @@ uv run pytest tests/webapp/test_browser_stop.py -q
 
 from __future__ import annotations
 
-import pytest
+from tests.webapp.test_browser import NEEDS_A_BROWSER, page_asking, recorded_answer, running_web_app
 
-from tests.webapp.test_browser import CHROMIUM, page_asking, recorded_answer, running_web_app
-
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)"
-)
+pytestmark = NEEDS_A_BROWSER  # Chromium and Playwright: skipped cleanly when either is missing
 
 
 def test_stop_ends_the_run_shows_its_tool_steps_and_the_next_turn_completes_and_a_reload_restores_both() -> None:
