@@ -80,7 +80,8 @@ def stop_worker(
         return
     _drain(drain)
     run_agent_coroutine(_aclose(callback, reason))  # cancels what is left; their completions become abandons
-    drain.wait_until_idle(_HANDBACK_SECONDS, _pause)  # handed back while the stream is open: nothing left to it
+    if not services.scheduler_started_here:  # handed back while the stream is open, for another worker
+        drain.wait_until_idle(_HANDBACK_SECONDS, _pause)
     stopping = threading.Thread(target=worker.stop, name="worker-stop", daemon=True)
     stopping.start()
     stopping.join(_WORKER_POLL_SECONDS)
