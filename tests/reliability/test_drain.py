@@ -3,7 +3,8 @@
 Real processes and signals throughout: `scheduler_server.py` (a scheduler that outlives the workers),
 a real Redis, two `worker.py` and a `client.py --verify`, with the DEFAULT WORKER_DRAIN_SECONDS
 (30; the answer finishes well within it, so it costs nothing). The worker serving the answer gets
-SIGTERM a few tokens in. It must stop taking work yet finish the answer: the client prints exactly
+SIGTERM a few tokens in. It must stop taking work (a run that arrives meanwhile goes to the other
+worker) yet finish the answer: the client prints exactly
 the recorded answer and exits 0; the stream holds one `start` for that run and no `restart`; the
 tools ran once; the scheduler accepted the drained worker's completion (it re-delivered nothing);
 the worker exits 0 with no ERROR line. A second signal while draining ends the drain at once: the
@@ -38,7 +39,7 @@ from tests.support.test_bad_input import assert_one_line, nothing_running
 from tests.support.test_scale_out import SchedulerProcess
 from tests.tutorial.test_cli import WorkerProcess
 
-TRIP = "Plan a 3-day trip to Rome"
+TRIP = "Plan a 5-day trip to Rome"  # long enough to still be running when a second run arrives
 
 
 @dataclass
@@ -92,13 +93,17 @@ def _wait_for_line(worker: WorkerProcess, text: str, timeout: float = 30) -> Non
         time.sleep(0.05)
 
 
-def _entries(redis_url: str, session: str, correlation_id: str) -> list[dict[str, str]]:
+def _all_entries(redis_url: str, session: str) -> list[dict[str, str]]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         entries: list[tuple[str, dict[str, str]]] = client.xrange(stream_key(session))  # type: ignore[assignment]
     finally:
         client.close()
-    return [fields for _, fields in entries if fields.get("correlation_id") == correlation_id]
+    return [fields for _, fields in entries]
+
+
+def _entries(redis_url: str, session: str, correlation_id: str) -> list[dict[str, str]]:
+    return [fields for fields in _all_entries(redis_url, session) if fields.get("correlation_id") == correlation_id]
 
 
 def _recorded_answer(deployment: Deployment, session: str, correlation_id: str) -> str:
@@ -117,17 +122,28 @@ def test_sigterm_lets_the_running_answer_finish_once_and_the_worker_exits_0(depl
     try:
         correlation_id, serving = _serving(deployment, session)
         serving.process.send_signal(signal.SIGTERM)  # a rolling deploy: this worker is being replaced
+        _wait_for_line(serving, "taking no new runs")
+        newcomer_session = new_session_key()  # a run that arrives during the drain goes elsewhere
+        newcomer = subprocess.run(
+            [sys.executable, "client.py", "--session", newcomer_session, "-m", "Plan a 1-day trip to Oslo"],
+            cwd=ROOT, env=deployment.env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
         stdout, stderr = client.communicate(timeout=90)
         assert serving.process.wait(timeout=45) == 0  # within the 30 s drain, then out
     finally:
         client.kill()
+
+    assert newcomer.returncode == 0, newcomer.stderr
+    other = next(worker for worker in deployment.workers if worker is not serving)
+    newcomer_start = next(e for e in _all_entries(deployment.redis_url, newcomer_session) if e["kind"] == START)
+    assert newcomer_start["worker"].endswith(f":{other.process.pid}")
 
     assert client.returncode == 0, stderr
     records = [json.loads(line) for line in stdout.splitlines()]
     assert not any(record.get("restart") for record in records), stderr
     answer = "".join(record.get("text", "") for record in records)
     assert answer == _recorded_answer(deployment, session, correlation_id)  # --verify checked it too
-    assert answer.startswith("# Your 3-day trip to Rome") and "Day 3" in answer
+    assert answer.startswith("# Your 5-day trip to Rome") and "Day 5" in answer
 
     entries = _entries(deployment.redis_url, session, correlation_id)
     kinds = [entry["kind"] for entry in entries]
