@@ -126,7 +126,7 @@ def start_worker(
     callback = setup_worker(worker, settings, services, environ)
     harden_worker(worker, settings, services, long_lived=long_lived)  # queued notices...: reliability/hardening.py
     worker.start()
-    stack.callback(stop_worker, worker, callback, services)  # runs still going after a moment are abandoned
+    stack.callback(stop_worker, worker, callback, services)  # drains running answers: reliability/shutdown.py
     return worker
 
 

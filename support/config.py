@@ -32,6 +32,9 @@ DEFAULT_TASKHUB = "default"
 # run waiting on the network; docs/benchmarks.md shows what one worker sustains.
 DEFAULT_WORKER_MAX_CONCURRENT_RUNS = 128
 MAX_WORKER_CONCURRENT_RUNS = 1024
+# How long a stopping worker.py lets its running answers finish (reliability/drain.py): the usual
+# container grace period (Kubernetes' terminationGracePeriodSeconds, `docker stop`'s is 10).
+DEFAULT_WORKER_DRAIN_SECONDS = 30.0
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_WEB_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -60,6 +63,7 @@ class Settings:
     web_max_streams: int = 200
     web_allowed_hosts: tuple[str, ...] = DEFAULT_WEB_ALLOWED_HOSTS
     worker_max_concurrent_runs: int = DEFAULT_WORKER_MAX_CONCURRENT_RUNS
+    worker_drain_seconds: float = DEFAULT_WORKER_DRAIN_SECONDS
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -109,6 +113,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 MAX_WORKER_CONCURRENT_RUNS,
                 "runs",
             ),
+            worker_drain_seconds=_seconds(environ, "WORKER_DRAIN_SECONDS", DEFAULT_WORKER_DRAIN_SECONDS, maximum=3_600),
         )
     )
 

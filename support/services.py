@@ -24,10 +24,8 @@ Try it: `uv run python -m support.services` starts both, prints where, and stops
 from __future__ import annotations
 
 import contextlib
-import signal
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -47,6 +45,7 @@ from support.redaction import redact_url
 from support.redelivering_scheduler import LOOPBACK, RedeliveringScheduler
 from support.redis_connection import explain_token_failure, parse_target, sync_client
 from support.scheduler import scheduler_problem
+from support.shutdown_signals import wait_for_shutdown_signal as wait_for_shutdown_signal  # worker.py's, here
 
 Role = Literal["sample", "worker", "client"]
 
@@ -270,15 +269,6 @@ def embedded_scheduler(port: int, host: str = LOOPBACK) -> Iterator[Redelivering
         yield backend
     finally:
         backend.stop(grace=1)
-
-
-def wait_for_shutdown_signal() -> None:
-    """Block until SIGINT (Ctrl+C) or SIGTERM: how worker.py and scheduler_server.py run until stopped."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(timeout=1):
-        pass
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:

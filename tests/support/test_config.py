@@ -15,6 +15,7 @@ def test_defaults_need_nothing_configured() -> None:
     assert settings.taskhub == "default"
     assert settings.stream_ttl_seconds == 600
     assert settings.max_silence_seconds == 300  # a run may think or call tools for minutes, not for ever
+    assert settings.worker_drain_seconds == 30  # the usual container grace period
 
 
 @pytest.mark.parametrize(
@@ -27,6 +28,8 @@ def test_defaults_need_nothing_configured() -> None:
         ("STREAM_IDLE_TIMEOUT_SECONDS", "0", "STREAM_IDLE_TIMEOUT_SECONDS must be a number of seconds > 0"),
         ("STREAM_HEARTBEAT_SECONDS", "soon", "STREAM_HEARTBEAT_SECONDS must be a number of seconds > 0"),
         ("STREAM_MAX_SILENCE_SECONDS", "-1", "STREAM_MAX_SILENCE_SECONDS must be a number of seconds > 0"),
+        ("WORKER_DRAIN_SECONDS", "0", "WORKER_DRAIN_SECONDS must be a number of seconds > 0"),
+        ("WORKER_DRAIN_SECONDS", "3601", "WORKER_DRAIN_SECONDS must be a number of seconds > 0 and at most 3600"),
         ("LOCAL_REDIS_PORT", "70000", "LOCAL_REDIS_PORT must be a TCP port"),
         ("ENDPOINT", "localhost:8080", "ENDPOINT must be an http:// (local emulator) or https:// (Azure) URL"),
         ("REDIS_CONNECTION_STRING", "localhost:6379", "REDIS_CONNECTION_STRING must be a redis://"),

@@ -35,6 +35,7 @@ BAD_VALUES = {
     "REDIS_CLUSTER": "yes",
     "REDIS_AUTH": "entra",
     "WORKER_MAX_CONCURRENT_RUNS": "100000",
+    "WORKER_DRAIN_SECONDS": "30s",
     "WEB_MAX_STREAMS": "100000",
     "WEB_ALLOWED_HOSTS": "localhost:8000",
     "FOUNDRY_PROJECT_ENDPOINT": "https://x.services.ai.azure.com/api/projects/p",

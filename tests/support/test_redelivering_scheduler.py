@@ -1,8 +1,10 @@
 """The embedded scheduler: loopback only unless told otherwise, and a hung worker's work is delivered again.
 
 The workers here are minimal clients of the real gRPC protocol (`GetWorkItems`), so a test can
-freeze one (SIGSTOP) and see exactly which work item reaches whom. The whole worker and client
-are exercised in tests/reliability/test_worker_crash.py.
+freeze one (SIGSTOP) and see exactly which work item reaches whom. The lease races are driven
+directly (`_Stream`: the servicer method, called as gRPC's server calls it), so each interleaving
+is the one named, every time. The whole worker and client are exercised in
+tests/reliability/test_worker_crash.py and tests/reliability/test_drain.py.
 
 Run it: `uv run pytest tests/support/test_redelivering_scheduler.py`
 """
@@ -16,8 +18,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import durabletask.internal.orchestrator_service_pb2 as pb
 import durabletask.internal.orchestrator_service_pb2_grpc as stubs
@@ -143,3 +147,135 @@ def _result(token: str, state: str) -> pb.EntityBatchResult:
         entityState=StringValue(value=state),
         results=[pb.OperationResult(success=pb.OperationResultSuccess())],
     )
+
+
+class _Stream:
+    """The server side of one worker's GetWorkItems stream, driven by the test: the scheduler is the real one.
+
+    Calling the servicer method directly (as gRPC's server does) lets a test decide exactly which
+    stream is handed which work item, and when a stream ends: the races below, without sleeps.
+    """
+
+    def __init__(self, backend: RedeliveringScheduler) -> None:
+        self._callbacks: list[Callable[[], None]] = []
+        self._active = True
+        self._items = backend.GetWorkItems(pb.GetWorkItemsRequest(), cast(grpc.ServicerContext, self))
+        self.received: queue.Queue[pb.WorkItem] = queue.Queue()
+
+    def is_active(self) -> bool:
+        return self._active
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        self._callbacks.append(callback)
+        return True
+
+    def next_item(self, timeout: float = 10) -> pb.WorkItem | None:
+        """The next work item the scheduler sends on this stream; None if none comes within `timeout`."""
+
+        def take() -> None:
+            item = next(self._items, None)
+            if item is not None:
+                self.received.put(item)
+
+        threading.Thread(target=take, daemon=True).start()
+        try:
+            return self.received.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def end(self) -> None:
+        """The worker is gone: what gRPC does when a stream ends (the callbacks, then no more items)."""
+        self._active = False
+        for callback in self._callbacks:
+            callback()
+
+
+@pytest.fixture
+def backend() -> Iterator[RedeliveringScheduler]:
+    running = RedeliveringScheduler(free_port())
+    running.start()
+    yield running
+    running.stop(grace=0)
+
+
+def _signal(backend: RedeliveringScheduler, operation: str = "add") -> None:
+    request = pb.SignalEntityRequest(instanceId=str(ENTITY), name=operation, requestId=uuid.uuid4().hex)
+    backend.SignalEntity(request, cast(grpc.ServicerContext, None))
+
+
+def _complete(backend: RedeliveringScheduler, token: str, state: str) -> None:
+    backend.CompleteEntityTask(_result(token, state), cast(grpc.ServicerContext, None))
+
+
+def _state(backend: RedeliveringScheduler) -> str | None:
+    return backend._entities[str(ENTITY)].serialized_state  # pyright: ignore[reportPrivateUsage]
+
+
+def test_a_stream_that_ends_after_its_work_went_elsewhere_leaves_the_new_holders_lease_alone(
+    backend: RedeliveringScheduler,
+) -> None:
+    # Worker A runs the entity's first operation; the second goes to worker B. A's stream still
+    # records the entity (a stale record) when A stops: that must not cost B its lease on it.
+    a, b = _Stream(backend), _Stream(backend)
+    _signal(backend)
+    first = a.next_item()
+    assert first is not None
+    _complete(backend, first.completionToken, "1")
+    _signal(backend)
+    second = b.next_item()
+    assert second is not None and second.completionToken != first.completionToken
+    a.end()  # A stops: B still runs the second operation
+    b.end()  # B dies mid-run: its work must go to the next worker
+    c = _Stream(backend)
+    again = c.next_item(timeout=5)  # without the fix: never, the entity stays locked, the session is stuck
+    assert again is not None and again.entityRequestV2.instanceId == str(ENTITY)
+    assert again.completionToken not in (first.completionToken, second.completionToken)
+    c.end()
+
+
+@pytest.mark.parametrize("sent_again", [False, True])
+def test_a_late_completion_counts_until_the_work_is_sent_again(
+    backend: RedeliveringScheduler, sent_again: bool
+) -> None:
+    # A worker that stops gracefully ends its stream, and then finishes the run it holds.
+    a = _Stream(backend)
+    _signal(backend)
+    item = a.next_item()
+    assert item is not None
+    a.end()  # its work is back in the queue
+    b = _Stream(backend)
+    if sent_again:
+        again = b.next_item()
+        assert again is not None and again.completionToken != item.completionToken
+        _complete(backend, item.completionToken, "99")  # stale: another worker runs it now
+        assert _state(backend) is None
+        _complete(backend, again.completionToken, "1")
+        assert _state(backend) == "1"
+    else:
+        _complete(backend, item.completionToken, "1")  # nobody has it yet: this result counts, once
+        assert _state(backend) == "1"
+        _signal(backend, "next")
+        after = b.next_item()
+        assert after is not None  # the next operation only: the completed one is not delivered again
+        operations = [op.entityOperationSignaled.operation for op in after.entityRequestV2.operationRequests]
+        assert operations == ["next"]
+    b.end()
+
+
+def test_an_abandoned_token_is_retired_and_the_abandoning_stream_rests(backend: RedeliveringScheduler) -> None:
+    a = _Stream(backend)
+    _signal(backend)
+    item = a.next_item()
+    assert item is not None
+    backend.AbandonTaskEntityWorkItem(
+        pb.AbandonEntityTaskRequest(completionToken=item.completionToken), cast(grpc.ServicerContext, None)
+    )
+    _complete(backend, item.completionToken, "99")  # the worker gave it up: what it sends later is stale
+    assert _state(backend) is None
+    a_took = a.next_item(timeout=0)  # A asks for work again (the answer lands in its queue)...
+    b = _Stream(backend)
+    again = b.next_item()  # ...but rests: B gets the work, however the two streams race for it
+    assert a_took is None and again is not None and again.completionToken != item.completionToken
+    assert a.received.empty()  # A never saw it
+    a.end()
+    b.end()
