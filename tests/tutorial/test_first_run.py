@@ -132,15 +132,16 @@ def test_ctrl_c_on_web_py_exits_0_without_a_traceback(own_ports: dict[str, str],
 _ONE_BENCHMARK_TURN = """
 import asyncio, logging
 from benchmarks.agent_stack import agent_stack
+from client import start_run
 from redis_stream_response_handler import RedisStreamResponseHandler
 from reliability.run_tracker import read_run
 from support.ports import free_port
 from support.private_redis import PrivateRedisServer
 
 async def one_turn(stack, url):
-    correlation_id = await stack.start_run("bench-shutdown", "Plan a 1-day trip to Oslo")
     async with RedisStreamResponseHandler.from_url(url) as handler:
-        async for _ in read_run(handler, "bench-shutdown", None, correlation_id):
+        run = await start_run(stack.agent, handler, "bench-shutdown", "Plan a 1-day trip to Oslo")
+        async for _ in read_run(handler, "bench-shutdown", run.cursor, run.correlation_id):
             pass
 
 logging.basicConfig(level=logging.WARNING)
