@@ -122,8 +122,8 @@ class RedisStreamResponseHandler:
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStreamResponseHandler:
         # Redis or RedisCluster (support/redis_connection.py), fields as str; a socket timeout that outlasts
-        # XREAD BLOCK (redis-py 8.1's 5 s default cut it short).
-        timeout = socket_timeout_outlasting(options.get("idle_timeout_seconds", 20.0), url)
+        # XREAD BLOCK (redis-py's 5 s default cuts it short).
+        timeout = socket_timeout_outlasting(options.get("idle_timeout_seconds", 20.0))
         client = async_client(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=timeout)
         return cls(client, **options)
 

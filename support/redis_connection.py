@@ -121,7 +121,7 @@ def async_client(url: str, **options: Any) -> AsyncRedis:
 
 
 def _async_client_renewing_tokens(url: str, options: dict[str, Any]) -> aioredis.Redis:
-    """Workaround, redis-py 8.1: `Redis.from_url` keeps `credential_provider` for the pool only.
+    """Workaround, redis-py 8.1–8.2: `Redis.from_url` keeps `credential_provider` for the pool only.
 
     The client it builds never sees the provider, so it does not subscribe to
     token renewals: connections are authenticated with the first token and the

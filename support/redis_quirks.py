@@ -1,4 +1,4 @@
-"""Workarounds (redis-py 8.1) for three behaviours of its asyncio client that break a blocking reader.
+"""Workarounds for two behaviours of redis-py's asyncio client (8.1; 2. re-checked in 8.2.0) that break a reader.
 
 1. A cancellation that lands while the client finishes a reply can be swallowed. redis-py's
    asyncio connection catches `CancelledError` while it reads the rest of a reply, so that the
@@ -9,19 +9,14 @@
    #3138), so an `XREAD BLOCK` longer than 5 s fails on the client with `TimeoutError` before Redis
    answers: a reader with the 20 s idle timeout retried and ended with "Redis failed while
    streaming" instead of "no answer started within 20s". A reader's socket timeout must outlast
-   its block: by a margin, so a dead, half-open connection still fails.
-3. On a cluster, a client socket timeout breaks concurrent blocked reads: `RedisCluster`'s asyncio
-   client then fails some readers with `AttributeError: 'NoneType' object has no attribute
-   'writelines'` (7 of 100 readers in a repro, with the timeout never reached; none without it).
-   Cluster readers therefore get no socket timeout: XREAD BLOCK still ends on the server at the
-   idle timeout, but a half-open connection to a node is not detected by the client.
+   its block: by a margin, so a dead, half-open connection still fails. Cluster readers included:
+   redis-py 8.2 fixed the `RedisCluster` bug that made the sample run them without one (see
+   docs/workarounds.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-
-from support.redis_connection import parse_target
 
 READ_MARGIN_SECONDS = 10.0  # time for Redis to answer a block that ran out, on a loaded machine
 
@@ -33,8 +28,6 @@ def raise_if_cancel_was_swallowed() -> None:
         raise asyncio.CancelledError
 
 
-def socket_timeout_outlasting(block_seconds: float, url: str) -> float | None:
-    """The client socket timeout for reads that block up to `block_seconds` in Redis (None on a cluster: 3.)."""
-    if parse_target(url).cluster:
-        return None
+def socket_timeout_outlasting(block_seconds: float) -> float:
+    """The client socket timeout for reads that block up to `block_seconds` in Redis."""
     return float(block_seconds) + READ_MARGIN_SECONDS

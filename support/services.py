@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import redis
 from redis.auth.err import RequestTokenErr
@@ -218,6 +218,13 @@ def explain_redis_failure(url: str, name: str, error: redis.RedisError | RedisCl
         if parts.password is None:
             return f"Redis at {where} requires a password: use {parts.scheme}://user:password@host:port"
         return f"Redis at {where} refused the user name or password; check the credentials in {name}"
+    if isinstance(cause, ssl.SSLCertVerificationError) and _passes_without_strict_x509(parts):
+        return (
+            f"TLS certificate verification failed for {where}: {cause.verify_message}, which Python 3.13+ rejects "
+            "(strict X.509 verification); re-issue the CA with a critical KeyUsage (keyCertSign, cRLSign) and a "
+            "critical BasicConstraints CA:TRUE, and the server certificate signed by it with a subjectAltName and an "
+            "authorityKeyIdentifier"
+        )
     if isinstance(cause, ssl.SSLCertVerificationError):
         return (
             f"TLS certificate verification failed for {where}: {cause.verify_message}; set REDIS_TLS_CA_FILE "
@@ -244,6 +251,25 @@ def _speaks_tls(parts: SplitResult) -> bool:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    return _completes_handshake(parts, context)
+
+
+def _passes_without_strict_x509(parts: SplitResult) -> bool:
+    """True when only Python 3.13+'s strict X.509 checks reject the certificate of the server at `parts`.
+
+    Python 3.13's `ssl.create_default_context()`, which redis-py uses, sets VERIFY_X509_STRICT: a CA
+    without a critical KeyUsage, for instance, is refused although older Pythons accept it. The same
+    handshake, with the same CA file and hostname check but that flag cleared, tells the two apart.
+    """
+    context = ssl.create_default_context(cafile=dict(parse_qsl(parts.query)).get("ssl_ca_certs"))
+    if not context.verify_flags & ssl.VERIFY_X509_STRICT:
+        return False  # Python 3.12 or older: strictness cannot be the cause
+    context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    return _completes_handshake(parts, context)
+
+
+def _completes_handshake(parts: SplitResult, context: ssl.SSLContext) -> bool:
+    """True when a TLS handshake with the server at `parts` succeeds under `context`'s checks."""
     address = (parts.hostname or "localhost", parts.port or 6379)
     try:
         with socket.create_connection(address, timeout=1) as raw, context.wrap_socket(raw, server_hostname=address[0]):

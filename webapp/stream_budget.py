@@ -58,7 +58,7 @@ def reader_handler(redis_url: str, budget: StreamBudget, idle_timeout_seconds: f
         redis_url,
         decode_responses=True,
         socket_connect_timeout=5,
-        socket_timeout=socket_timeout_outlasting(idle_timeout_seconds, redis_url),
+        socket_timeout=socket_timeout_outlasting(idle_timeout_seconds),
         max_connections=budget.limit,
     )
     return RedisStreamResponseHandler(client, idle_timeout_seconds=idle_timeout_seconds)

@@ -101,7 +101,11 @@ def test_the_sample_runs_end_to_end_on_a_redis_cluster(cluster: LocalRedisCluste
 
 
 async def test_a_hundred_readers_blocked_at_once_each_end_with_the_idle_message(cluster: LocalRedisCluster) -> None:
-    """The reader's own client settings. With a client socket timeout, redis-py 8.1's RedisCluster broke some."""
+    """A fresh client, 100 readers at once, with the reader's own client settings (socket timeout included).
+
+    redis-py 8.1 sent the first commands before it knew which node owns which slot; every fifth MOVED
+    reply then closed ALL the client's connections, other readers' blocked XREADs with them.
+    """
     sessions = [f"cluster-idle-{uuid.uuid4().hex[:12]}" for _ in range(100)]
     async with RedisStreamResponseHandler.from_url(cluster.url, idle_timeout_seconds=2) as readers:
         ends = await asyncio.gather(*(_last_chunk(readers, session) for session in sessions))

@@ -18,7 +18,9 @@ import ipaddress
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +34,14 @@ from support.config import load_settings
 from support.errors import UsageError
 from support.ports import free_port
 from support.private_redis import PrivateRedisServer
+from support.redis_connection import sync_client
 from tests.conftest import cli_environment, run_cli
 
 PASSWORD = "s3cret-Pa55word"  # the ACL user's; must never be printed
 ADMIN_PASSWORD = "admin-Pa55word"  # the default user's (--requirepass)
 STREAMER = "streamer"
+# Python 3.13's ssl.create_default_context(), which redis-py uses, sets VERIFY_X509_STRICT.
+STRICT_X509 = sys.version_info >= (3, 13)
 # Least privilege for the sample: its own keys, and only the commands it sends.
 STREAMER_ACL = ["on", f">{PASSWORD}", "resetkeys", "~agent-stream:*", "resetchannels", "-@all", "+@connection"]
 STREAMER_ACL += ["+xadd", "+xread", "+xrevrange", "+expire", "+multi", "+exec", "+discard", "+eval", "+hget", "+hset"]
@@ -60,24 +65,34 @@ def tls_capable_redis_server() -> str | None:
     return None
 
 
-def write_throwaway_pki(folder: Path) -> TlsFiles:
-    """A CA, and a server certificate it signed for localhost and 127.0.0.1 (valid for a day)."""
+def write_throwaway_pki(folder: Path, *, ca_key_usage: bool = True) -> TlsFiles:
+    """A CA, and a server certificate it signed for localhost and 127.0.0.1 (valid for a day).
+
+    Both carry the extensions strict X.509 verification (Python 3.13+'s default) requires. With
+    `ca_key_usage=False` the CA has no KeyUsage, as some home-made CAs do: Python 3.12 and older
+    accept it, 3.13+ refuses it.
+    """
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "throwaway test CA")])
-    ca = (
+    ca_builder = (
         _certificate(ca_name, ca_name, ca_key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
+    if ca_key_usage:
+        ca_builder = ca_builder.add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+    ca = ca_builder.sign(ca_key, hashes.SHA256())
     key = ec.generate_private_key(ec.SECP256R1())
     names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     server = (
         _certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), ca_name, key.public_key(), now)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(_key_usage(digital_signature=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     files = TlsFiles(ca=folder / "ca.pem", certificate=folder / "server.pem", key=folder / "server.key")
@@ -86,6 +101,23 @@ def write_throwaway_pki(folder: Path) -> TlsFiles:
     unencrypted = serialization.NoEncryption()
     files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, unencrypted))
     return files
+
+
+def _key_usage(
+    *, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False
+) -> x509.KeyUsage:
+    """A KeyUsage extension allowing only what is named (an EC server key signs; a CA signs certificates and CRLs)."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _certificate(
@@ -109,15 +141,32 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 @pytest.fixture(scope="module")
 def tls_port(tls_files: TlsFiles) -> Iterator[int]:
+    with tls_redis(tls_files) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def lax_ca_tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return write_throwaway_pki(tmp_path_factory.mktemp("lax-pki"), ca_key_usage=False)
+
+
+@pytest.fixture(scope="module")
+def lax_ca_tls_port(lax_ca_tls_files: TlsFiles) -> Iterator[int]:
+    with tls_redis(lax_ca_tls_files) as port:
+        yield port
+
+
+@contextmanager
+def tls_redis(files: TlsFiles) -> Iterator[int]:
     """A Redis that speaks only TLS (`--port 0 --tls-port P`) and does not ask clients for certificates."""
     binary = tls_capable_redis_server()
     if binary is None:
         pytest.skip("no redis-server built with TLS on PATH (Debian's redis-server package has it)")
     port = free_port()
     tls_args = ["--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no"]
-    tls_args += ["--tls-cert-file", str(tls_files.certificate), "--tls-key-file", str(tls_files.key)]
-    url = f"rediss://127.0.0.1:{port}?ssl_ca_certs={tls_files.ca}"
-    with PrivateRedisServer(port, extra_args=tls_args, url=url, binary=binary):
+    tls_args += ["--tls-cert-file", str(files.certificate), "--tls-key-file", str(files.key)]
+    readiness_url = f"rediss://127.0.0.1:{port}?ssl_cert_reqs=none"  # only "is it up?": the tests verify
+    with PrivateRedisServer(port, extra_args=tls_args, url=readiness_url, binary=binary):
         yield port
 
 
@@ -169,6 +218,35 @@ def test_rediss_without_the_ca_names_the_variable_to_set(tls_port: int) -> None:
     assert result.returncode == 2
     line = the_error_line(result)
     assert "TLS certificate verification failed" in line and "REDIS_TLS_CA_FILE" in line
+
+
+@pytest.mark.skipif(not STRICT_X509, reason="Python 3.12 and older do not verify X.509 strictly (see the next test)")
+def test_a_ca_that_fails_strict_verification_names_what_it_lacks_and_the_fix(
+    lax_ca_tls_port: int, lax_ca_tls_files: TlsFiles
+) -> None:
+    env = secure_environment(f"rediss://localhost:{lax_ca_tls_port}", lax_ca_tls_files.ca)
+    result = run_cli("client.py", "-m", "hi", env=env)
+
+    assert result.returncode == 2
+    line = the_error_line(result)
+    assert "Python 3.13+ rejects (strict X.509 verification)" in line
+    assert "key usage" in line  # OpenSSL's own words for what this CA lacks
+    assert "re-issue the CA with a critical KeyUsage (keyCertSign, cRLSign)" in line
+
+
+@pytest.mark.skipif(STRICT_X509, reason="Python 3.13+ refuses this CA (see the previous test)")
+def test_a_ca_without_key_usage_still_works_before_python_3_13(
+    lax_ca_tls_port: int, lax_ca_tls_files: TlsFiles
+) -> None:
+    settings = load_settings(
+        {
+            "REDIS_CONNECTION_STRING": f"rediss://localhost:{lax_ca_tls_port}",
+            "REDIS_TLS_CA_FILE": str(lax_ca_tls_files.ca),
+        }
+    )
+    assert settings.redis_url is not None
+    with sync_client(settings.redis_url) as client:
+        assert client.ping()
 
 
 def test_plaintext_redis_to_the_tls_port_says_use_rediss(tls_port: int) -> None:
