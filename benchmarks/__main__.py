@@ -4,6 +4,8 @@
     uv run --group bench python -m benchmarks --full --plots docs    # the published figures
     uv run --group bench python -m benchmarks --full --only process-scaling --plots docs   # section 6 alone (~1 min)
     uv run --group bench python -m benchmarks --full --only cluster          # section 4b alone (~1 min)
+    uv run python -m benchmarks --full --only streaming-cost   # section 7: the streaming layer's CPU/token (~1 min)
+    uv run python -m benchmarks --full --only fencing-cost     # section 7b, one-off: the fence's CPU/token (~1 min)
 
 A private redis-server is started on a free port (and, when the binary supports
 TLS, a second one on a TLS port with a throwaway self-signed certificate), so
@@ -32,6 +34,7 @@ from benchmarks import (
     process_scaling,
     report,
     scaling,
+    streaming_cost,
     time_to_first_token,
     write_throughput,
 )
@@ -66,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         choices=sorted(ONLY),
-        help="run one section: process-scaling (6, the deployment shape) or cluster (4b, on a local Redis Cluster)",
+        help="run one section: process-scaling (6, the deployment shape), cluster (4b, on a local Redis Cluster), "
+        "streaming-cost (7, worker CPU per token with and without streaming) or fencing-cost (7b, fence vs plain XADD)",
     )
     return parser.parse_args(argv)
 
@@ -139,6 +143,7 @@ def run_all(mode: Mode, results: dict[str, Any]) -> None:
         run_scaling(plain, mode, results)
         with timed("5. footprint", timings):
             results["footprint"] = asyncio.run(footprint.measure(plain))
+        run_streaming_cost(plain, mode, results)
 
 
 def run_process_scaling_only(mode: Mode, results: dict[str, Any]) -> None:
@@ -146,6 +151,33 @@ def run_process_scaling_only(mode: Mode, results: dict[str, Any]) -> None:
         plain, _ = start_redis(stack, results)
         with timed("6. process-separated scaling", results["seconds_per_section"]):
             results["process_scaling"] = process_scaling.measure(plain.url, mode.process_workers, mode.process_sessions)
+
+
+def run_streaming_cost(plain: RedisTarget, mode: Mode, results: dict[str, Any]) -> None:
+    with timed("7. streaming cost per token", results["seconds_per_section"]):
+        rows, waves = streaming_cost.measure(
+            plain.url, streaming_cost.STREAMING_LAYER, mode.cost_pairs, mode.cost_sessions, mode.cost_warmup_sessions
+        )
+    results["streaming_cost"], results["raw"]["streaming_cost_waves"] = rows, waves
+    results["streaming_layer_us_per_token"] = rows[-1]["worker_cpu_us_per_token"]  # worker.py − markers only
+
+
+def run_streaming_cost_only(mode: Mode, results: dict[str, Any]) -> None:
+    with ExitStack() as stack:
+        plain, _ = start_redis(stack, results)
+        run_streaming_cost(plain, mode, results)
+
+
+def run_fencing_cost_only(mode: Mode, results: dict[str, Any]) -> None:
+    """A one-off (not in --full): worker.py's fenced write against a plain pipelined XADD."""
+    with ExitStack() as stack:
+        plain, _ = start_redis(stack, results)
+        with timed("7b. fencing cost per token", results["seconds_per_section"]):
+            rows, waves = streaming_cost.measure(
+                plain.url, streaming_cost.FENCING, mode.cost_pairs, mode.cost_sessions, mode.cost_warmup_sessions
+            )
+    results["fencing_cost"], results["raw"]["fencing_cost_waves"] = rows, waves
+    results["fencing_us_per_token"] = rows[-1]["worker_cpu_us_per_token"]  # fenced − plain XADD
 
 
 def run_cluster_only(mode: Mode, results: dict[str, Any]) -> None:
@@ -187,6 +219,8 @@ def run_on_cluster(mode: Mode, results: dict[str, Any]) -> list[Row]:
 ONLY: dict[str, Callable[[Mode, dict[str, Any]], None]] = {
     "process-scaling": run_process_scaling_only,
     "cluster": run_cluster_only,
+    "streaming-cost": run_streaming_cost_only,
+    "fencing-cost": run_fencing_cost_only,
 }
 
 

@@ -48,12 +48,15 @@ class Mode:
     process_sessions: tuple[int, ...]  # process-separated scaling: sessions per wave ...
     process_workers: tuple[int, ...]  # ... against each number of worker processes
     cluster_sessions: tuple[int, ...]  # streaming layer on a local 3-master Redis Cluster (none: skipped)
+    cost_pairs: int  # streaming cost per token: waves per variant, alternating ...
+    cost_sessions: int  # ... of this many sessions ...
+    cost_warmup_sessions: int  # ... after a warm-up wave of this many (0: none)
 
 
-QUICK = Mode("quick", 40, 10, 3, 2_000, 100, 3, 5, 2, (1, 10), 50, (), (10,), (1,), ())
+QUICK = Mode("quick", 40, 10, 3, 2_000, 100, 3, 5, 2, (1, 10), 50, (), (10,), (1,), (), 1, 5, 0)
 FULL = Mode(
     "full", 500, 25, 20, 10_000, 1_000, 3, 30, 10, (1, 10, 50, 100), 500, (1, 10, 50, 100),
-    (1, 10, 50, 100, 200), (1, 2), (10, 100),
+    (1, 10, 50, 100, 200), (1, 2), (10, 100), 6, 100, 10,
 )  # fmt: skip
 
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -63,8 +63,17 @@ class Deployment:
 
 
 @contextmanager
-def deployment(redis_url: str, workers: int) -> Iterator[Deployment]:
-    """`scheduler_server.py` and `workers` × `worker.py`, each its own process, stopped on exit."""
+def deployment(
+    redis_url: str,
+    workers: int,
+    worker_command: Sequence[str] = ("worker.py",),
+    worker_variables: Mapping[str, str] | None = None,
+) -> Iterator[Deployment]:
+    """`scheduler_server.py` and `workers` × `worker.py`, each its own process, stopped on exit.
+
+    `worker_command` (after the Python interpreter) and `worker_variables` start another worker instead:
+    section 7 (streaming_cost.py) runs benchmarks/variant_worker.py with BENCH_WORKER_VARIANT set.
+    """
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with ExitStack() as stack:
@@ -76,11 +85,12 @@ def deployment(redis_url: str, workers: int) -> Iterator[Deployment]:
             "ENDPOINT": f"http://localhost:{port}",
             "REDIS_CONNECTION_STRING": redis_url,
             "DEMO_MODEL_TOKEN_DELAY_MS": str(TOKEN_DELAY_MS),
+            **(worker_variables or {}),
         }
         started = []
         for n in range(workers):
             log = logs / f"worker{n}.log"
-            started.append(_start(stack, [sys.executable, "worker.py"], worker_env, log))
+            started.append(_start(stack, [sys.executable, *worker_command], worker_env, log))
             _wait_for(lambda log=log: "is ready" in log.read_text(), started[-1], log)
         yield Deployment(f"http://localhost:{port}", redis_url, scheduler, started)
 

@@ -10,6 +10,20 @@ from typing import Any
 
 from benchmarks.common import Row
 
+# Sections 7 and 7b: one row per variant (its waves' median, min and max), then the difference per wave pair.
+_COST_COLUMNS = [
+    ("variant", "variant"),
+    ("waves", "waves"),
+    ("sessions", "sessions/wave"),
+    ("model_tokens_per_run", "model tokens/run"),
+    ("tokens_read_per_run", "tokens read/run"),
+    ("worker_cpu_us_per_token", "worker CPU µs/token (median)"),
+    ("worker_cpu_us_per_token_min", "min"),
+    ("worker_cpu_us_per_token_max", "max"),
+    ("redis_cpu_us_per_token", "Redis CPU µs/token"),
+    ("wall_s", "wall s"),
+]
+
 # section -> (title, [(column key, header)])
 COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "delivery_latency": (
@@ -93,6 +107,14 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("ttl_s", "TTL s"),
             ("bounded", "bounded"),
         ],
+    ),
+    "streaming_cost": (
+        "7. Streaming cost per token: worker CPU with and without streaming the tokens (1 worker, 20 ms/token)",
+        _COST_COLUMNS,
+    ),
+    "fencing_cost": (
+        "7b. Fencing cost per token: the fenced Lua script against a plain pipelined XADD (1 worker, 20 ms/token)",
+        _COST_COLUMNS,
     ),
 }
 
