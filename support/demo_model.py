@@ -396,7 +396,7 @@ def demo_model_options(environ: Mapping[str, str]) -> dict[str, Any]:
         "fail_after_tokens": fail_after,
         "fail_stream_only": _on_or_off(environ, STREAM_ONLY_FAILURE_ENV),
         "first_token_delay_seconds": first_token_ms / 1000,
-        "signature": environ.get(SIGNATURE_ENV, "").strip(),
+        "signature": _signature(environ),
     }
 
 
@@ -408,6 +408,16 @@ def _whole_number(environ: Mapping[str, str], name: str, accepted: str, maximum:
     if not (raw.isascii() and raw.isdigit() and int(raw) <= maximum):
         raise UsageError(f"{name} must be {accepted} >= 0 and at most {maximum} (got {raw!r}); fix it or unset it")
     return int(raw)
+
+
+def _signature(environ: Mapping[str, str]) -> str:
+    raw = environ.get(SIGNATURE_ENV, "").strip()
+    # No whitespace: the demo model splits its text into words, and a tag must stay part of its word.
+    if len(raw) > 16 or any(char.isspace() for char in raw):
+        raise UsageError(
+            f"{SIGNATURE_ENV} must be at most 16 characters with no spaces (got {raw!r}); fix it or unset it"
+        )
+    return raw
 
 
 def _on_or_off(environ: Mapping[str, str], name: str) -> bool:
