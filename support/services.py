@@ -43,7 +43,7 @@ from support.ports import free_port, port_answers
 from support.private_redis import PrivateRedisServer
 from support.redaction import redact_url
 from support.redelivering_scheduler import LOOPBACK, RedeliveringScheduler
-from support.redis_connection import explain_token_failure, parse_target, sync_client
+from support.redis_connection import SyncRedis, explain_token_failure, parse_target, sync_client
 from support.scheduler import scheduler_problem
 from support.shutdown_signals import wait_for_shutdown_signal as wait_for_shutdown_signal  # worker.py's, here
 
@@ -196,15 +196,17 @@ def start_shared_redis(settings: Settings, stack: ExitStack) -> None:
 
 def check_redis(url: str, name: str) -> None:
     """PING `url` once, turning each way it can fail into one actionable line (never showing a password)."""
-    client = sync_client(url, socket_connect_timeout=2, socket_timeout=2)
+    client: SyncRedis | None = None
     try:
+        client = sync_client(url, socket_connect_timeout=2, socket_timeout=2)  # a cluster client connects here
         client.ping()
     except (redis.RedisError, RedisClusterException) as error:
         raise UsageError(explain_redis_failure(url, name, error)) from None
     except RequestTokenErr as error:  # Entra ID: no token, so nothing was sent to Redis yet
         raise UsageError(explain_token_failure(name, error)) from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def explain_redis_failure(url: str, name: str, error: redis.RedisError | RedisClusterException) -> str:
@@ -212,6 +214,8 @@ def explain_redis_failure(url: str, name: str, error: redis.RedisError | RedisCl
     parts = urlsplit(url)
     where = f"{redact_url(url)} ({name})"
     cause = error.__context__
+    if "Cluster mode is not enabled" in str(error):  # redis-py's RedisCluster found a single server
+        return f"Redis at {where} is not a cluster: remove ?cluster=true from {name} (and unset REDIS_CLUSTER)"
     if isinstance(error, redis.AuthenticationError) or _is_auth_refusal(error):
         if parse_target(url).entra_id:
             return f"Redis at {where} refused this identity's Microsoft Entra ID token: give it an access policy"
@@ -242,8 +246,9 @@ def explain_redis_failure(url: str, name: str, error: redis.RedisError | RedisCl
 
 
 def _is_auth_refusal(error: Exception) -> bool:
-    # Some servers answer a missing or wrong password as a plain error reply.
-    return str(error).startswith(("NOAUTH", "WRONGPASS", "invalid password", "invalid username-password"))
+    # Some servers answer a missing or wrong password as a plain error reply; RedisCluster puts it after a colon.
+    refusals = ("NOAUTH", "WRONGPASS", "invalid password", "invalid username-password")
+    return str(error).split(": ")[-1].startswith(refusals) or str(error).startswith(refusals)
 
 
 def _speaks_tls(parts: SplitResult) -> bool:

@@ -193,3 +193,16 @@ async def test_a_durable_run_streams_tool_activity_and_usage_through_the_worker(
     assert TOOL_CALL in kinds[:first_token] and TOOL_RESULT in kinds[:first_token]
     assert chunks[-1].is_done and json.loads(chunks[-1].usage or "")["output_tokens"] > 0
     assert record is not None and record.text == "".join(c.text for c in chunks)
+
+
+async def test_a_tool_call_still_open_when_the_run_ends_is_written_before_the_done_marker(redis_url: str) -> None:
+    # The model's last update is a call whose arguments never completed: the final marker flushes it
+    # first, numbered like the rest, so `chunks` counts it and no reader sees a gap or loses it.
+    open_call = Content.from_function_call("call_9", "get_local_events", arguments='{"destination": "Oslo"')
+    updates = [AgentResponseUpdate(contents=[Content.from_text("Hello ")]), AgentResponseUpdate(contents=[open_call])]
+
+    async with RedisStreamResponseHandler.from_url(redis_url) as handler:
+        chunks = await write_updates(handler, updates)
+
+    assert [c.kind for c in chunks] == [START, TOKEN, TOOL_CALL, DONE]
+    assert chunks[2].call_id == "call_9" and chunks[-1].chunks == 2 and chunks[-1].missing == 0

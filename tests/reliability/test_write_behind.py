@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 from agent_framework import AgentResponseUpdate
 
@@ -191,3 +192,38 @@ async def test_a_cluster_with_no_reachable_node_loses_the_tokens_but_ends_the_ru
             await writer.finish()
 
     assert writer.tokens_lost == 1
+
+
+async def test_a_live_stream_has_its_ttl_from_the_first_write(redis_url: str) -> None:
+    # Not only once the answer ends: a worker that dies mid-answer must not leave a stream that never expires.
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url, ttl_seconds=600) as handler:
+        writer = RunStreamWriter(StreamFlusher(handler), conversation, "run-1")
+        writer.start()
+        writer.append_token("first ")
+        cursor, seen = "0-0", 0
+        async with asyncio.timeout(10):
+            while seen < 2:  # the start marker and the token are in Redis: the run is live
+                reply: Any = await handler.redis.xread({stream_key(conversation): cursor}, block=1000)
+                for entry_id, _ in reply[0][1] if reply else []:
+                    cursor, seen = str(entry_id), seen + 1
+        ttl_while_live = await handler.redis.ttl(stream_key(conversation))
+        await writer.finish()
+
+    assert 0 < ttl_while_live <= 600
+
+
+async def test_a_resumed_read_starts_after_the_cursor_entry_never_at_it(redis_url: str) -> None:
+    # XREAD is exclusive of its id: resuming at the last entry printed must not print it again.
+    conversation = f"writer-{uuid.uuid4().hex}"
+    async with RedisStreamResponseHandler.from_url(redis_url, idle_timeout_seconds=2) as handler:
+        writer = RunStreamWriter(StreamFlusher(handler), conversation, "run-1")
+        writer.start()
+        for word in ("one ", "two ", "three "):
+            writer.append_token(word)
+        await writer.finish()
+        first = [c async for c in read_run(handler, conversation, correlation_id="run-1")]
+        cursor = next(c.entry_id for c in first if c.text == "two ")
+        resumed = [c async for c in read_run(handler, conversation, cursor, "run-1")]
+
+    assert [c.text for c in resumed] == ["three ", ""] and resumed[-1].kind == DONE and resumed[-1].missing == 0

@@ -50,6 +50,8 @@ def test_a_ttl_in_minutes_becomes_seconds() -> None:
 def test_passwords_are_redacted_even_in_error_messages() -> None:
     assert redact_url("rediss://app:s3cret@cache.example:6380/0") == "rediss://app:***@cache.example:6380/0"
     assert redact_url("redis://:s3cret@localhost") == "redis://:***@localhost"
+    # A password with an unencoded '@' and '/': the user info ends at the LAST '@' before the host.
+    assert redact_url("redis://u:p@a/b@host:1") == "redis://u:***@host:1"
     with pytest.raises(UsageError) as raised:
         load_settings({"REDIS_CONNECTION_STRING": "http://app:s3cret@cache.example"})
     assert "s3cret" not in str(raised.value)

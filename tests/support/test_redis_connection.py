@@ -68,3 +68,14 @@ def test_a_unix_socket_url_works_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"using Redis at unix://{socket_path}" in result.stderr
     assert "# Your 1-day trip to Oslo" in result.stdout
+
+
+def test_a_cluster_url_against_a_single_server_is_one_usage_line(redis_url: str) -> None:
+    env = cli_environment(REDIS_CONNECTION_STRING=f"{redis_url}?cluster=true")
+    result = run_cli("client.py", "-m", "hi", env=env)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: Redis at {redis_url}?cluster=true (REDIS_CONNECTION_STRING) is not a cluster: "
+        "remove ?cluster=true from REDIS_CONNECTION_STRING (and unset REDIS_CLUSTER)"
+    ]

@@ -14,6 +14,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -69,6 +70,16 @@ async def test_a_cross_site_write_is_refused(
 ) -> None:
     response = await http.post(RUN, content=content, headers=headers)
     assert response.status_code == status, response.text
+
+
+async def test_an_origin_on_the_same_host_but_another_port_or_scheme_is_refused(
+    web: Server, http: httpx.AsyncClient
+) -> None:
+    # Same host name, different origin: a dev server on another port, or the https twin, may not POST here.
+    parts = urlsplit(web.url)
+    for origin in (f"http://{parts.hostname}:3000", f"https://{parts.netloc}"):
+        response = await http.post(RUN, json={"message": "hi"}, headers={"Origin": origin})
+        assert response.status_code == 403, (origin, response.text)
 
 
 async def test_a_same_origin_write_is_accepted(web: Server, http: httpx.AsyncClient) -> None:
