@@ -13,7 +13,7 @@ differently (`w1~Day`, `w2~Day`, ...) at 40 ms a word, and many readers: per run
 about a third of the runs a `client.py --json` process, SIGKILLed and started again with
 `--session S --cursor C` (readers.py).
 
-Runs go in waves (`--wave`, default 10 at once). Once a wave's runs all stream, the wave's faults
+Runs go in waves (`--wave`, default 20 at once). Once a wave's runs all stream, the wave's faults
 strike (run.py): a worker SIGKILLed (a replacement starts), SIGSTOPped for 11-14 s (past its lease)
 then SIGCONTinued, SIGTERMed (it stops; its unfinished runs end wherever the stopping worker leaves
 them; a replacement starts), Redis's connections dropped (`CLIENT KILL TYPE normal`), Redis killed

@@ -14,18 +14,23 @@ from tests.chaos.run import ChaosRun
 from tests.chaos.stack import Stack, temporary_folder
 
 
-def run_chaos(runs: int, seed: int, wave: int = 10, keep: Path | None = None) -> Report:
+def run_chaos(runs: int, seed: int, wave: int = 20, keep: Path | None = None) -> Report:
     """Start the stack, run the plan, stop everything; the report."""
     plan = make_plan(runs, seed, wave)
     with temporary_folder() as folder:
         where = keep or Path(folder)
         where.mkdir(parents=True, exist_ok=True)
+        log = logging.FileHandler(where / "chaos.log")  # the faults, and the readers' warnings (reconnects)
+        log.setFormatter(logging.Formatter("%(created).3f %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(log)
         stack = Stack(where)
         try:
             stack.start()
             return asyncio.run(ChaosRun(plan, stack, where).execute())
         finally:
             stack.close()
+            logging.getLogger().removeHandler(log)
+            log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,12 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=200, help="how many runs (default: 200)")
     parser.add_argument("--seed", type=int, default=7, help="the seed of the fault plan (default: 7)")
-    parser.add_argument("--wave", type=int, default=10, help="runs at once (default: 10)")
+    parser.add_argument("--wave", type=int, default=20, help="runs at once (default: 20)")
     parser.add_argument("--keep", type=Path, help="keep the logs (workers, scheduler, Redis, clients) in this folder")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.wave < 1:
         parser.error("--runs and --wave must be at least 1")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     report = run_chaos(args.runs, args.seed, args.wave, args.keep)
     print(report.table())
     if evidence := report.evidence():

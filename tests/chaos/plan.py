@@ -15,6 +15,7 @@ from dataclasses import dataclass
 WORKER_KILL, WORKER_FREEZE, WORKER_TERM = "worker SIGKILL", "worker SIGSTOP", "worker SIGTERM"
 REDIS_CLIENT_KILL, REDIS_RESTART = "Redis CLIENT KILL", "Redis restart"
 READER_CUT = "reader cut"
+THAWED = "thawed"  # not a fault: the SIGCONT that ends a freeze
 WORKER_FAULTS = (WORKER_KILL, WORKER_FREEZE, WORKER_TERM)
 REDIS_FAULTS = (REDIS_CLIENT_KILL, REDIS_RESTART)
 WAVE_FAULTS = (*WORKER_FAULTS, *REDIS_FAULTS)
@@ -66,8 +67,8 @@ def make_plan(runs: int, seed: int, wave_size: int) -> Plan:
         planned[0] = RunPlan(0, 0, planned[0].message, (rng.randint(5, 40),), planned[0].client_cuts)
     if not any(run.client_cuts is not None for run in planned):
         planned[-1] = RunPlan(planned[-1].index, planned[-1].wave, planned[-1].message, planned[-1].cuts, (12,))
-    # About one fault and a half per wave, every kind at least once, at most two worker faults a wave.
-    kinds = [*WAVE_FAULTS, *(rng.choice(WAVE_FAULTS) for _ in range(max(0, waves * 3 // 2 - len(WAVE_FAULTS))))]
+    # Three faults per twenty runs, every kind at least once, at most two worker faults a wave.
+    kinds = [*WAVE_FAULTS, *(rng.choice(WAVE_FAULTS) for _ in range(max(0, runs * 3 // 20 - len(WAVE_FAULTS))))]
     rng.shuffle(kinds)
     faults = [_fault(rng, wave, kind) for wave, kind in _spread(kinds, waves, rng)]
     return Plan(seed, tuple(planned), tuple(faults), waves)

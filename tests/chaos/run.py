@@ -34,6 +34,7 @@ from tests.chaos.plan import (
     READER_CUT,
     REDIS_CLIENT_KILL,
     REDIS_RESTART,
+    THAWED,
     WORKER_FREEZE,
     WORKER_KILL,
     WORKER_TERM,
@@ -148,10 +149,10 @@ class ChaosRun:
             await asyncio.sleep(max(0.0, began + fault.after - time.monotonic()))
             if fault.kind == REDIS_CLIENT_KILL:
                 dropped = await asyncio.to_thread(self.stack.redis.drop_connections)
-                logger.info("dropped %d Redis connections", dropped)
+                logger.warning("%s: dropped %d connections", fault.kind, dropped)
             elif fault.kind == REDIS_RESTART:
                 down = await self._restart_redis()
-                logger.info("Redis restarted in %.2f s", down)
+                logger.warning("%s: Redis was down %.2f s", fault.kind, down)
             else:
                 worker = await self._busy_worker(fault, sessions, handler, struck)
                 if worker is None:
@@ -186,7 +187,7 @@ class ChaosRun:
         worker.frozen = True
         self.stack.signal(worker, WORKER_FREEZE, signal.SIGSTOP)
         await asyncio.sleep(seconds)
-        self.stack.signal(worker, "thawed", signal.SIGCONT)
+        self.stack.signal(worker, THAWED, signal.SIGCONT)
         worker.frozen = False
 
     def _retire(self, worker: Worker, kind: str) -> None:
@@ -232,7 +233,7 @@ class ChaosRun:
     async def _check(self, result: RunResult, handler: RedisStreamResponseHandler) -> None:
         assert self._scheduler is not None
         scheduler, session, correlation_id = self._scheduler, result.session, result.correlation_id
-        record = await asyncio.to_thread(wait_for_recorded_answer, scheduler, session, correlation_id, 30.0)
+        record = await asyncio.to_thread(wait_for_recorded_answer, scheduler, session, correlation_id)
         state = await asyncio.to_thread(recorded_state, scheduler, session)
         entries = cast(Entries, await handler.redis.xrange(stream_key(session)))
         check_run(result, entries, state, record.text if record is not None else None, self.stack)

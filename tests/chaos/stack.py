@@ -16,6 +16,7 @@ Every process is started so that Linux stops it when the chaos process dies (PR_
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -30,6 +31,8 @@ import redis
 from support.ports import free_port
 from support.private_redis import dying_with_this_process, find_redis_server
 from tests.conftest import ROOT, cli_environment
+
+logger = logging.getLogger("chaos")
 
 TOKEN_DELAY_MS = "40"  # a realistic model pace: faults land mid-answer
 
@@ -153,6 +156,7 @@ class Stack:
         process = _start([sys.executable, "worker.py"], log, self.env | {"DEMO_MODEL_SIGNATURE": signature})
         worker = Worker(signature, process, log)
         self.workers.append(worker)
+        logger.warning("worker %s started: pid %d", signature, process.pid)
         return worker
 
     def wait_for_workers(self) -> None:
@@ -164,6 +168,7 @@ class Stack:
 
     def signal(self, worker: Worker, kind: str, signum: signal.Signals) -> None:
         worker.faults.append((time.time(), kind))
+        logger.warning("%s: worker %s (pid %d)", kind, worker.signature, worker.pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker.pid, signum)
 
