@@ -16,12 +16,14 @@ import logging
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 from agent_framework import AgentResponse
 from agent_framework_durabletask import DurableAIAgent, DurableAIAgentClient
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
+from redis.exceptions import RedisError
 
 from agents import AGENT_NAME
 from client import start_run
@@ -46,6 +48,7 @@ from tests.chaos.readers import ReaderLog, read_in_process, read_with_client
 from tests.chaos.stack import Stack, Worker
 
 logger = logging.getLogger("chaos")
+T = TypeVar("T")
 
 RUN_TIME_LIMIT_SECONDS = (
     150.0  # a reader not ended by then is stuck (a freeze, a re-delivery and a re-run fit well within)
@@ -87,7 +90,10 @@ class ChaosRun:
         runs = self.plan.runs_in(wave)
         sessions = [new_session_key() for _ in runs]
         started = await asyncio.gather(
-            *(start_run(agent, handler, s, r.message) for s, r in zip(sessions, runs, strict=True))
+            *(
+                _redis_retried(lambda s=s, r=r: start_run(agent, handler, s, r.message))
+                for s, r in zip(sessions, runs, strict=True)
+            )
         )
         streaming = [asyncio.Event() for _ in runs]
         readers = [
@@ -235,5 +241,20 @@ class ChaosRun:
         scheduler, session, correlation_id = self._scheduler, result.session, result.correlation_id
         record = await asyncio.to_thread(wait_for_recorded_answer, scheduler, session, correlation_id)
         state = await asyncio.to_thread(recorded_state, scheduler, session)
-        entries = cast(Entries, await handler.redis.xrange(stream_key(session)))
+        entries = cast(Entries, await _redis_retried(lambda: handler.redis.xrange(stream_key(session))))
         check_run(result, entries, state, record.text if record is not None else None, self.stack)
+
+
+async def _redis_retried(call: Callable[[], Awaitable[T]]) -> T:
+    """The harness's own Redis calls, again after a dropped connection (its pooled ones are dropped too).
+
+    Only Redis is retried: `start_run` reads the stream's newest id before it asks the scheduler for a run.
+    """
+    for attempt in range(1, 6):
+        try:
+            return await call()
+        except RedisError:
+            if attempt == 5:
+                raise
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
