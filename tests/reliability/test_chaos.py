@@ -25,10 +25,10 @@ def test_a_short_chaos_run_injects_every_fault_and_every_run_is_exactly_once() -
     figures = report.figures()
 
     assert all(figures[f"faults: {kind}"] >= 1 for kind in FAULT_KINDS), report.table()
-    if not report.ok and report.only_the_known_bug:
-        # Open: a stale delivery (a work item the scheduler took back from a frozen worker) runs when that worker
-        # thaws and wins the fence over the current attempt (tests/chaos/check.py diagnose_stale_delivery; README,
-        # "Failure modes"). Any other bad figure fails this test.
-        pytest.xfail(f"the known stale-delivery bug:\n{report.evidence()}")
+    if not report.ok and report.only_the_known_bugs:
+        # Open (README, "Failure modes"): a stale delivery run by a thawed worker wins the fence; a done written
+        # before the scheduler committed the run is superseded (tests/chaos/check.py diagnose_known_bugs).
+        # Any other bad figure fails this test.
+        pytest.xfail(f"the open bugs the chaos run finds:\n{report.evidence()}")
     assert {column: figures[column] for column in BAD} == dict.fromkeys(BAD, 0), report.evidence()
     assert figures["runs"] == 12 and figures["clear errors"] == 0, report.evidence()
