@@ -1,8 +1,8 @@
 """A chaos run that proves exactly-once: real processes, faults injected at random, every run checked.
 
-    uv run python -m tests.chaos --runs 200 --seed 7      # about 10 minutes on a 2-core machine
-    uv run python -m tests.chaos --runs 12 --seed 1       # about a minute: what the default suite runs
-                                                          # (tests/reliability/test_chaos.py)
+    uv run python -m tests.chaos --runs 200 --seed 7           # about 9 minutes on a busy 2-core machine
+    uv run python -m tests.chaos --runs 12 --seed 1 --wave 6   # about a minute: the default suite's
+                                                               # tests/reliability/test_chaos.py
 
 The stack, every part its own process on loopback (stack.py): a `redis-server` with
 `appendonly yes` + `appendfsync always` in a temporary folder (a restart keeps the streams), the
