@@ -38,7 +38,7 @@ from reliability.run_scope import remember_run
 from reliability.shutdown import quiet_worker_logger, stop_worker
 from reliability.stop_watch import CancelWatcher, cancel_reason
 from reliability.worker_capacity import run_slots
-from reliability.write_behind import ABANDONED, RunStreamWriter, StreamFlusher
+from reliability.write_behind import ABANDONED, RunKey, RunStreamWriter, StreamFlusher, run_key
 from support.config import Settings, check_environment
 from support.console import EXIT_OK, announce, run_entry_point, setup_logging
 from support.scheduler import scheduler_connection
@@ -58,18 +58,18 @@ class RedisStreamCallback:
     def __init__(self, settings: Settings, redis_url: str) -> None:
         self._settings, self._redis_url = settings, redis_url
         self._flusher: StreamFlusher | None = None
-        self._writers: dict[str, RunStreamWriter] = {}  # correlation id -> that run's writer
+        self._writers: dict[RunKey, RunStreamWriter] = {}  # (correlation id, attempt's task) -> its writer
         self._stops = CancelWatcher()  # polls Redis for stop requests while runs stream
 
     async def on_streaming_response_update(self, update: AgentResponseUpdate, context: AgentCallbackContext) -> None:
-        writer = self._writers.get(context.correlation_id)
+        writer = self._writers.get(run_key(context))
         if writer is None:  # the run's first update, whatever it holds
-            writer = self._writers[context.correlation_id] = self._new_writer(context)
+            writer = self._writers[run_key(context)] = self._new_writer(context)
             remember_run(context, self._stops.watch(writer))  # with ReportingAgent, a stop request ends the run
         writer.append_update(update)  # text and tool activity, queued: never waits
 
     async def on_agent_response(self, response: AgentResponse, context: AgentCallbackContext) -> None:
-        writer = self._writers.pop(context.correlation_id, None) or self._new_writer(context)
+        writer = self._writers.pop(run_key(context), None) or self._new_writer(context)
         if writer.streamed != response.text:
             if writer.streamed:
                 # Workaround (agent-framework-durabletask 1.0.0b260922): a stream that fails part way is
@@ -80,7 +80,7 @@ class RedisStreamCallback:
         await writer.finish(usage=response.usage_details, cancelled=cancel_reason(response))  # done or cancelled
 
     async def on_run_failed(self, context: AgentCallbackContext, error: BaseException) -> None:
-        writer = self._writers.pop(context.correlation_id, None) or self._new_writer(context)
+        writer = self._writers.pop(run_key(context), None) or self._new_writer(context)
         await writer.finish(error=f"{type(error).__name__}: {error}")
 
     async def aclose(self, abandon_reason: str | None = ABANDONED) -> None:

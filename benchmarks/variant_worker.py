@@ -29,6 +29,7 @@ from redis_stream_response_handler import RedisStreamResponseHandler
 from reliability import write_behind
 from reliability.fencing import FencedBatch
 from reliability.stop_watch import cancel_reason
+from reliability.write_behind import run_key
 from support.console import run_entry_point
 
 VARIANT_VARIABLE = "BENCH_WORKER_VARIANT"
@@ -40,13 +41,13 @@ class MarkersOnlyCallback(worker.RedisStreamCallback):
     """worker.py's callback, but a run's updates are dropped: only its start and final markers are written."""
 
     async def on_streaming_response_update(self, update: AgentResponseUpdate, context: AgentCallbackContext) -> None:
-        if context.correlation_id not in self._writers:
+        if run_key(context) not in self._writers:
             # The run's first update opens its writer (the start marker), as in worker.py; its contents are dropped
             # too (with the demo model it is the tool-call reply, whose entries and usage would be streamed).
             await super().on_streaming_response_update(AgentResponseUpdate(), context)
 
     async def on_agent_response(self, response: AgentResponse, context: AgentCallbackContext) -> None:
-        writer = self._writers.pop(context.correlation_id, None)
+        writer = self._writers.pop(run_key(context), None)
         if writer is None:  # no update came at all: worker.py's own path
             await super().on_agent_response(response, context)
             return

@@ -16,9 +16,14 @@ on Redis Cluster. An attempt's first write CLAIMS the run (the newest attempt wi
 last); every later write of any attempt first checks it still owns the run, and writes nothing
 if not. The writer that is refused learns it was superseded and stops its run (write_behind.py).
 
-What this cannot tell: an attempt frozen BEFORE its first write claims the run when it wakes,
-after the newer one; the scheduler will refuse its completion, and readers (run_tracker.py)
-still follow only the newest start marker, so no reader splices two attempts.
+What this cannot tell: an attempt frozen BEFORE its first write (or a work item the scheduler
+handed to a worker just before it froze, then took back) claims the run when it wakes, after the
+newer one. No reader splices two attempts (run_tracker.py follows the newest start marker), but
+the claim is wrong: the current attempt is refused and cancelled, so its turn fails and the entity
+rolls it back, while the stale attempt streams a `done` whose completion the scheduler refuses.
+Readers then hold an answer the durable record does not (found by the chaos run, tests/chaos;
+open). "Newest start wins" is not the scheduler's delivery order: a fence token that follows that
+order (one the scheduler issues with each delivery) would refuse the stale claim instead.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from agent_framework import AgentResponseUpdate, UsageDetails
 
@@ -87,6 +87,27 @@ FIRST_RETRY_DELAY_SECONDS = 0.1
 MAX_RETRY_DELAY_SECONDS = 1.0
 FINAL_WRITE_SECONDS = 1.0
 ABANDONED = "the worker stopped before this run finished (Ctrl+C or SIGTERM); ask again"
+
+
+class _RunContext(Protocol):  # agent_framework_durabletask's AgentCallbackContext
+    @property
+    def correlation_id(self) -> str: ...
+
+
+RunKey = tuple[str, "asyncio.Task[Any] | None"]
+
+
+def run_key(context: _RunContext) -> RunKey:
+    """Which writer an update belongs to: its run's correlation id AND the task running that attempt.
+
+    Every callback of one attempt runs in that attempt's task. The scheduler may deliver a run again
+    to the very process still running it (a frozen worker wakes up, reconnects and gets its own run
+    back, or runs a work item its lost connection had already handed over), so two attempts at one
+    correlation id can run side by side in one worker. Keyed by the correlation id alone they would
+    share a writer: their tokens spliced under one attempt id, and a `done` from each. Keyed by task,
+    each attempt has its own writer, attempt id and fence: the newer claims the run, the older is cancelled.
+    """
+    return context.correlation_id, _current_task_or_none()
 
 
 class RunStreamWriter:

@@ -16,11 +16,15 @@ import uuid
 from typing import Any
 
 import pytest
+from agent_framework import AgentResponse, AgentResponseUpdate, Content, Message
+from agent_framework_durabletask import AgentCallbackContext
 
 from redis_stream_response_handler import DONE, START, TOKEN, RedisStreamResponseHandler, entry_fields, stream_key
 from reliability.run_tracker import read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
+from support.config import load_settings
 from tests.streams import write_entries
+from worker import RedisStreamCallback
 
 RUN = "run-1"
 
@@ -104,3 +108,46 @@ async def test_a_reader_never_shows_a_superseded_attempt_that_reached_the_stream
     assert from_start[-1].kind == DONE and from_start[-1].attempt == "new" and from_start[-1].missing == 0
     assert "".join(chunk.text for chunk in resumed) == "new1 " and resumed[-1].attempt == "new"
     assert all(chunk.attempt == "new" for chunk in resumed)
+
+
+async def test_a_run_delivered_again_to_the_worker_still_running_it_is_two_attempts_not_one(redis_url: str) -> None:
+    # Found by the chaos run (tests/chaos): a worker frozen past its lease wakes up, reconnects and
+    # receives its own run back while the old attempt still runs in it. Both attempts call the ONE
+    # callback with equal contexts (same correlation id); keyed by correlation id they shared a writer,
+    # spliced their tokens under one attempt id, and each wrote a `done`.
+    session = f"same-worker-{uuid.uuid4().hex}"
+    callback = RedisStreamCallback(load_settings({}), redis_url)
+    context = AgentCallbackContext(agent_name="TravelPlanner", correlation_id=RUN, session_id=session)
+    again = AgentCallbackContext(agent_name="TravelPlanner", correlation_id=RUN, session_id=session)
+    new_attempt_started = asyncio.Event()
+
+    async def attempt(context: AgentCallbackContext, words: list[str], wait: bool = False) -> None:
+        for index, word in enumerate(words):
+            if wait and index == 2:
+                await new_attempt_started.wait()  # the old attempt goes on after the new one began
+            await callback.on_streaming_response_update(
+                AgentResponseUpdate(contents=[Content.from_text(word)]), context
+            )
+            await asyncio.sleep(0.05)
+        await callback.on_agent_response(AgentResponse(messages=[Message("assistant", ["".join(words)])]), context)
+
+    async with RedisStreamResponseHandler.from_url(redis_url, idle_timeout_seconds=5) as handler:
+        old_run = asyncio.create_task(attempt(context, ["old0 ", "old1 ", "old2 ", "old3 "], wait=True))
+        await until_written(handler, session, 3)  # start, old0, old1
+        new_run = asyncio.create_task(attempt(again, ["new0 ", "new1 ", "new2 "]))
+        await until_written(handler, session, 5)  # the new attempt's start and first token
+        new_attempt_started.set()
+        await asyncio.wait_for(new_run, 10)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(old_run, 5)  # its write was refused: superseded, its run cancelled
+        written = await entries_of(handler, session)
+        chunks = [chunk async for chunk in read_run(handler, session, correlation_id=RUN)]
+    await callback.aclose(None)
+
+    starts = [fields["attempt"] for fields in written if fields["kind"] == START]
+    assert len(starts) == 2 and starts[0] != starts[1]  # two attempts, told apart
+    assert [fields["attempt"] for fields in written if fields["kind"] == DONE] == [starts[1]]  # one done, the new one's
+    new_begins = next(index for index, fields in enumerate(written) if fields["attempt"] == starts[1])
+    assert all(fields["attempt"] == starts[1] for fields in written[new_begins:])  # nothing of the old one after
+    restart = [chunk.kind for chunk in chunks].index("restart")
+    assert "".join(chunk.text for chunk in chunks[restart:]) == "new0 new1 new2 " and chunks[-1].kind == DONE
