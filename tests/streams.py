@@ -1,10 +1,12 @@
-"""Writing raw entries for tests, through the handler's one write primitive (`write_streams`)."""
+"""Writing raw entries for tests through the handler's one write primitive (`write_streams`), and waiting for them."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
-from redis_stream_response_handler import DONE, TOKEN, RedisStreamResponseHandler, entry_fields
+from redis_stream_response_handler import DONE, TOKEN, RedisStreamResponseHandler, entry_fields, stream_key
 
 
 async def write_entries(
@@ -19,3 +21,13 @@ async def write_chunk(handler: RedisStreamResponseHandler, session_key: str, tex
 
 async def write_completion(handler: RedisStreamResponseHandler, session_key: str, sequence: int, run: str) -> str:
     return (await write_entries(handler, session_key, [entry_fields(DONE, run, sequence, chunks=sequence)]))[0]
+
+
+async def until_written(handler: RedisStreamResponseHandler, session_key: str, count: int) -> None:
+    """Block (XREAD) until the session's stream holds `count` entries: written by the flusher, not just queued."""
+    cursor, seen = "0-0", 0
+    async with asyncio.timeout(10):
+        while seen < count:
+            reply: Any = await handler.redis.xread({stream_key(session_key): cursor}, block=1000)
+            for entry_id, _ in reply[0][1] if reply else []:
+                cursor, seen = str(entry_id), seen + 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
 import pytest
 from agent_framework import AgentResponse, AgentResponseUpdate, Content, Message
@@ -23,7 +22,7 @@ from redis_stream_response_handler import DONE, START, TOKEN, RedisStreamRespons
 from reliability.run_tracker import read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.config import load_settings
-from tests.streams import write_entries
+from tests.streams import until_written, write_entries
 from worker import RedisStreamCallback
 
 RUN = "run-1"
@@ -32,16 +31,6 @@ RUN = "run-1"
 async def entries_of(handler: RedisStreamResponseHandler, session: str) -> list[dict[str, str]]:
     raw: list[tuple[str, dict[str, str]]] = await handler.redis.xrange(stream_key(session))  # type: ignore[assignment]
     return [fields for _, fields in raw]
-
-
-async def until_written(handler: RedisStreamResponseHandler, session: str, count: int) -> None:
-    """Block (XREAD) until the session's stream holds `count` entries."""
-    cursor, seen = "0-0", 0
-    async with asyncio.timeout(10):
-        while seen < count:
-            reply: Any = await handler.redis.xread({stream_key(session): cursor}, block=1000)
-            for entry_id, _ in reply[0][1] if reply else []:
-                cursor, seen = str(entry_id), seen + 1
 
 
 async def test_a_superseded_attempt_is_fenced_out_and_its_run_cancelled(redis_url: str) -> None:

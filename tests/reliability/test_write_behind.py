@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
 from agent_framework import AgentResponseUpdate
 
@@ -22,7 +21,7 @@ from reliability.run_liveness import ENDED_WITHOUT_A_MARKER
 from reliability.run_tracker import read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.ports import free_port
-from tests.streams import write_entries
+from tests.streams import until_written, write_entries
 
 
 async def all_entries(handler: RedisStreamResponseHandler, conversation: str) -> list[dict[str, str]]:
@@ -201,12 +200,7 @@ async def test_a_live_stream_has_its_ttl_from_the_first_write(redis_url: str) ->
         writer = RunStreamWriter(StreamFlusher(handler), conversation, "run-1")
         writer.start()
         writer.append_token("first ")
-        cursor, seen = "0-0", 0
-        async with asyncio.timeout(10):
-            while seen < 2:  # the start marker and the token are in Redis: the run is live
-                reply: Any = await handler.redis.xread({stream_key(conversation): cursor}, block=1000)
-                for entry_id, _ in reply[0][1] if reply else []:
-                    cursor, seen = str(entry_id), seen + 1
+        await until_written(handler, conversation, 2)  # the start marker and the token: the run is live
         ttl_while_live = await handler.redis.ttl(stream_key(conversation))
         await writer.finish()
 
