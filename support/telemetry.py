@@ -46,6 +46,18 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from support.errors import UsageError
 
+# What switches telemetry on or shapes it (tests pin them all; OTEL_* beyond these are read by OpenTelemetry itself).
+TELEMETRY_VARIABLES = (
+    "ENABLE_INSTRUMENTATION",
+    "ENABLE_CONSOLE_EXPORTERS",
+    "ENABLE_SENSITIVE_DATA",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "OTEL_SERVICE_NAME",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+)
 TRACE_FIELDS = ("traceparent", "tracestate")  # the W3C trace context, as carried in options and on markers
 _TRUE = ("1", "true", "yes", "on")
 _OTLP_ENDPOINTS = tuple(f"OTEL_EXPORTER_OTLP_{signal}ENDPOINT" for signal in ("", "TRACES_", "METRICS_", "LOGS_"))
@@ -140,11 +152,11 @@ def configure_telemetry(role: str, environ: Mapping[str, str] | None = None) -> 
     return activate()
 
 
-def activate() -> bool:
+def activate(on: bool = True) -> bool:
     """Record the stream's spans and metrics from now on (the providers are set; tests set their own)."""
     global _active
-    _active = True
-    return True
+    _active = on
+    return on
 
 
 def active() -> bool:
