@@ -122,6 +122,28 @@ def telemetry_requested(environ: Mapping[str, str]) -> bool:
     return _flag(environ, "ENABLE_CONSOLE_EXPORTERS") or any(environ.get(name, "").strip() for name in wanted)
 
 
+def check_telemetry_settings(environ: Mapping[str, str]) -> None:
+    """The telemetry variables of `.env.example`, checked with the others (`check_environment`): one line each."""
+    for name in ("ENABLE_INSTRUMENTATION", "ENABLE_CONSOLE_EXPORTERS", "ENABLE_SENSITIVE_DATA"):
+        value = environ.get(name, "").strip().lower()
+        if value and value not in (*_TRUE, "0", "false", "no", "off"):
+            raise UsageError(f"{name} must be true or false (got {environ[name]!r})")
+    for name in _OTLP_ENDPOINTS:
+        value = environ.get(name, "").strip()
+        if value and not value.lower().startswith(("http://", "https://")):
+            raise UsageError(f"{name} must be a URL such as http://localhost:4317 (got {value!r})")
+    if any(ord(character) < 32 for character in environ.get("OTEL_SERVICE_NAME", "")):
+        raise UsageError(f"OTEL_SERVICE_NAME must be one line of text (got {environ['OTEL_SERVICE_NAME']!r})")
+    connection = environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip()
+    if connection and "instrumentationkey=" not in connection.lower():
+        raise UsageError(
+            "APPLICATIONINSIGHTS_CONNECTION_STRING must be an Application Insights connection string "
+            "(InstrumentationKey=...;IngestionEndpoint=...), as the Azure portal shows it"
+        )
+    if connection and environ.get("ENABLE_INSTRUMENTATION", "").strip().lower() not in ("0", "false", "no", "off"):
+        _azure_monitor_exporters(create=False)  # asked for, but not installed: one line, exit 2
+
+
 def configure_telemetry(role: str, environ: Mapping[str, str] | None = None) -> bool:
     """Switch telemetry on for this process when the environment asks for it (see the module docstring).
 
@@ -167,7 +189,7 @@ def _flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() in _TRUE
 
 
-def _azure_monitor_exporters() -> list[Any]:
+def _azure_monitor_exporters(*, create: bool = True) -> list[Any]:
     try:
         from azure.monitor.opentelemetry.exporter import (  # pyright: ignore[reportMissingImports]
             AzureMonitorLogExporter,  # pyright: ignore[reportUnknownVariableType]
@@ -179,6 +201,8 @@ def _azure_monitor_exporters() -> list[Any]:
             "APPLICATIONINSIGHTS_CONNECTION_STRING is set but azure-monitor-opentelemetry-exporter is not "
             "installed: run `uv sync --extra azure-monitor`, or unset the variable"
         ) from error
+    if not create:
+        return []
     return [AzureMonitorTraceExporter(), AzureMonitorMetricExporter(), AzureMonitorLogExporter()]
 
 
