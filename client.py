@@ -11,8 +11,7 @@ failed or stopped, 2 bad usage or configuration, 130 interrupted (it prints the 
 
 The flow, in `start_run` and `ask` (the web app and the benchmarks start runs with `start_run` too):
   1. note the newest entry id of the conversation's stream (the cursor): only this turn is read;
-  2. `agent.run(message, session=..., options={"wait_for_response": False})`: the scheduler
-     queues the run and the call returns at once;
+  2. `agent.run(message, session=..., options={"wait_for_response": False})`: queues the run, returns at once;
   3. XREAD BLOCK from the cursor, printing each token as it arrives, until the run's done or
      error marker. Every printed entry moves the cursor; Ctrl+C prints the command resuming there.
 
@@ -40,10 +39,11 @@ from redis_stream_response_handler import ERROR, RedisStreamResponseHandler, Str
 from reliability.durable_record import print_latest_recorded_answer, reattach_point_exists, settle_with_record
 from reliability.run_tracker import read_run
 from support.config import Settings, check_environment
-from support.console import EXIT_OK, EXIT_RUN_FAILED, announce, run_entry_point, setup_logging
+from support.console import EXIT_OK, EXIT_RUN_FAILED, announce, configure_telemetry, run_entry_point, setup_logging
 from support.scheduler import connect_client
 from support.services import Services, provide_services
 from support.sessions import correlation_id_of, new_session_key, session_for
+from support.telemetry import run_start_span
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ async def start_run(
     """Fire and forget: the scheduler queues the run, and this returns at once with where to read it."""
     cursor = await handler.last_entry_id(session_key)  # taken first: only this run's entries follow it
     session = session_for(AGENT_NAME, session_key)  # a blocking gRPC call below, so on the loop's default executor
-    acknowledgement = await asyncio.to_thread(agent.run, message, session=session, options={"wait_for_response": False})
+    with run_start_span({"wait_for_response": False}) as options:  # telemetry: its trace context travels in these
+        acknowledgement = await asyncio.to_thread(agent.run, message, session=session, options=options)
     return StartedRun(cursor, correlation_id_of(acknowledgement))  # a workaround: support/sessions.py
 
 
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         validate_arguments(args)  # bad usage fails here, before anything connects
         with ExitStack() as stack:
             settings = check_environment()
+            configure_telemetry("client")  # when the environment asks for it: support/telemetry.py
             services = provide_services(settings, stack, role="client")  # finds what worker.py started
             if args.cancel:  # a Stop, not a disconnect: the worker ends the run (reliability/stop_watch.py)
                 return asyncio.run(cancel_command(settings, services, conversation.session_key))

@@ -13,7 +13,7 @@ Each entry's fields (Redis stores strings); the one description of the format, w
     text, sequence  a token's text ("" for markers); its (or a tool entry's) place in the run (markers: how many so far)
     correlation_id  the run this entry belongs to (one per `run(...)` call); timestamp: when written (epoch seconds)
     attempt, worker every entry: the attempt at the answer that wrote it (readers follow the newest only: a second
-                    start means the run was delivered again); start: + worker, the host:pid that runs it
+                    start means the run was delivered again); start: + worker (host:pid), traceparent (telemetry)
     name, call_id   the tool and its call; tool_call: + arguments (JSON text); tool_result: + result (cut at 2,000
                     characters, saying so), error (if the tool failed)
     chunks, usage   done: entries numbered in the run, {"input_tokens": N, "output_tokens": M} (when reported)
@@ -78,8 +78,9 @@ class StreamChunk:
     result: str | None = None
     usage: str | None = None
     reason: str | None = None
+    traceparent: str | None = None  # start and restart markers, with telemetry on: the attempt's trace context
     missing: int = 0  # set by the reader on a done chunk: tokens of this run it knows it never received
-    _TEXT_FIELDS = ("error", "worker", "attempt", "name", "call_id", "arguments", "result", "usage", "reason")
+    _TEXTS = ("error", "worker", "attempt", "name", "call_id", "arguments", "result", "usage", "reason", "traceparent")
 
     @property
     def is_done(self) -> bool:
@@ -88,7 +89,7 @@ class StreamChunk:
     @classmethod
     def from_entry(cls, entry_id: str, fields: Mapping[str, str]) -> StreamChunk:
         chunks = fields.get("chunks")
-        optional: dict[str, Any] = {name: fields.get(name) for name in cls._TEXT_FIELDS}  # None when absent
+        optional: dict[str, Any] = {name: fields.get(name) for name in cls._TEXTS}  # None when absent
         return cls(
             entry_id=entry_id,
             kind=fields.get("kind", TOKEN),

@@ -19,7 +19,7 @@ from cli.arguments import build_parser, resume_hint, validate_arguments
 from client import Conversation, run_client
 from reliability.crash_demo import run_crash_demo
 from support.config import check_environment
-from support.console import run_entry_point, setup_logging
+from support.console import configure_telemetry, run_entry_point, setup_logging
 from support.services import provide_services
 from support.sessions import new_session_key
 from worker import start_worker
@@ -35,13 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
         validate_arguments(args)  # bad usage: one line and exit 2, before anything starts
         settings = check_environment()
+        configure_telemetry("sample")  # ENABLE_CONSOLE_EXPORTERS, OTEL_EXPORTER_OTLP_*...: support/telemetry.py
         with ExitStack() as stack:  # stops, in reverse order, everything started below
             # 1. Services: the scheduler and Redis you configured, or embedded ones (each announced).
             services = provide_services(settings, stack, role="sample", resuming=args.session is not None)
-
             # 2. The worker (worker.py): the TravelPlanner as a durable entity, streaming to Redis.
             start_worker(settings, services, stack)  # the stack stops it at exit, before the services
-
             # 3. The client (client.py): start the run without waiting, then tail its answer.
             return asyncio.run(run_client(args, settings, services, conversation))
 

@@ -27,6 +27,7 @@ from support.console import EXIT_OK, EXIT_USAGE, announce, fail, run_entry_point
 from support.ports import port_answers
 from support.redelivering_scheduler import LOOPBACK
 from support.services import embedded_scheduler, start_shared_redis, wait_for_shutdown_signal
+from support.telemetry import configure_telemetry
 
 
 def parse_arguments(argv: list[str] | None, default_port: int) -> argparse.Namespace:
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         setup_logging()  # re-deliveries are logged as warnings
         settings = check_environment()  # every variable, before anything starts
+        configure_telemetry("scheduler")  # when asked for (durabletask's own spans): support/telemetry.py
         return serve(parse_arguments(argv, settings.local_scheduler_port), settings)
 
     return run_entry_point(run)

@@ -40,7 +40,7 @@ from reliability.stop_watch import CancelWatcher, cancel_reason
 from reliability.worker_capacity import run_slots
 from reliability.write_behind import ABANDONED, RunKey, RunStreamWriter, StreamFlusher, run_key
 from support.config import Settings, check_environment
-from support.console import EXIT_OK, announce, run_entry_point, setup_logging
+from support.console import EXIT_OK, announce, configure_telemetry, run_entry_point, setup_logging
 from support.scheduler import scheduler_connection
 from support.services import Services, provide_services, wait_for_shutdown_signal
 
@@ -70,13 +70,12 @@ class RedisStreamCallback:
 
     async def on_agent_response(self, response: AgentResponse, context: AgentCallbackContext) -> None:
         writer = self._writers.pop(run_key(context), None) or self._new_writer(context)
-        if writer.streamed != response.text:
-            if writer.streamed:
-                # Workaround (agent-framework-durabletask 1.0.0b260922): a stream that fails part way is
-                # re-run WITHOUT streaming, so the recorded answer was never streamed: readers start over.
-                writer.restart_with(response.text, reason="the streamed attempt failed; this is the recorded answer")
-            else:
-                writer.append_token(response.text)
+        if writer.streamed and writer.streamed != response.text:
+            # Workaround (agent-framework-durabletask 1.0.0b260922): a stream that fails part way is
+            # re-run WITHOUT streaming, so the recorded answer was never streamed: readers start over.
+            writer.restart_with(response.text, reason="the streamed attempt failed; this is the recorded answer")
+        elif not writer.streamed:
+            writer.append_token(response.text)
         await writer.finish(usage=response.usage_details, cancelled=cancel_reason(response))  # done or cancelled
 
     async def on_run_failed(self, context: AgentCallbackContext, error: BaseException) -> None:
@@ -95,15 +94,13 @@ class RedisStreamCallback:
             self._flusher = start_flusher_thread(self._redis_url, self._settings)
         heartbeat = self._settings.heartbeat_seconds
         writer = RunStreamWriter(self._flusher, context.session_id, context.correlation_id, heartbeat)
-        writer.start()  # the run's start marker, naming this worker
-        return writer
+        return writer.start()  # the run's start marker, naming this worker (with telemetry: its trace context)
 
 
 def get_worker(settings: Settings, services: Services) -> DurableTaskSchedulerWorker:
     """A Durable Task worker connected to the scheduler: embedded, the emulator, or Azure."""
     connection = scheduler_connection(services.scheduler_endpoint, settings.taskhub)
-    # A thread per agent run, WORKER_MAX_CONCURRENT_RUNS of them (reliability/worker_capacity.py).
-    slots, logger = run_slots(settings), quiet_worker_logger()  # quiet_worker_logger: reliability/shutdown.py
+    slots, logger = run_slots(settings), quiet_worker_logger()  # a thread per run: reliability/worker_capacity.py
     return DurableTaskSchedulerWorker(**connection.arguments(), concurrency_options=slots, logger=logger)
 
 
@@ -135,6 +132,7 @@ def main() -> int:
     setup_logging()
     with ExitStack() as stack:
         settings = check_environment()
+        configure_telemetry("worker")  # when the environment asks for it: support/telemetry.py
         services = provide_services(settings, stack, role="worker")  # found, or started and announced
         start_worker(settings, services, stack, long_lived=True)
         announce("worker", "TravelPlanner is ready; press Ctrl+C to stop")

@@ -16,6 +16,10 @@ on Redis Cluster. An attempt's first write CLAIMS the run (the newest attempt wi
 last); every later write of any attempt first checks it still owns the run, and writes nothing
 if not. The writer that is refused learns it was superseded and stops its run (write_behind.py).
 
+The same hash keeps the trace context of the run's FIRST attempt (`{correlation id}:trace`, telemetry only:
+support/telemetry.py): an attempt's claiming write reads it and sets it if absent, in the same round trip, so
+a re-delivered attempt learns the first one's span and links to it.
+
 What this cannot tell: an attempt frozen BEFORE its first write (or a work item the scheduler
 handed to a worker just before it froze, then took back) claims the run when it wakes, after the
 newer one. No reader splices two attempts (run_tracker.py follows the newest start marker), but
@@ -30,10 +34,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from redis_stream_response_handler import RedisStreamResponseHandler, stream_key
 
 ATTEMPTS_SUFFIX = ":attempts"
+TRACE_SUFFIX = ":trace"  # the attempts hash's field for a run's first traceparent: `{correlation id}:trace`
 
 # KEYS: the stream, its attempts hash. ARGV: correlation id, fence token, "1" to claim, MAXLEN,
 # TTL seconds, then each entry as its number of field/value items followed by the items.
@@ -68,16 +74,27 @@ class FencedBatch:
     fence: str
     claim: bool  # the attempt's first write: take the run over from any older attempt
     entries: Sequence[Mapping[str, str]]
+    trace: str = ""  # telemetry: the attempt's traceparent; a claim keeps the run's first one (see the docstring)
+
+
+class Fenced(NamedTuple):
+    owned: bool  # False: a newer attempt owns the run, nothing was written
+    first_trace: str | None = None  # a claim with a `trace`: the run's first attempt's traceparent, if one was kept
 
 
 async def write_fenced(
     handler: RedisStreamResponseHandler, batches: Sequence[FencedBatch], expire: Sequence[str] = ()
-) -> list[bool]:
-    """Write every batch in ONE round trip (a pipeline of scripts); False for a batch whose attempt was superseded.
+) -> list[Fenced]:
+    """Write every batch in ONE round trip (a pipeline of scripts); `owned` is False where the attempt was superseded.
 
     `expire`: session keys whose stream TTL is due for a refresh (with the final marker, or every few minutes).
     """
+    traced = [batch for batch in batches if batch.claim and batch.trace]
     async with handler.redis.pipeline(transaction=False) as pipe:
+        for batch in traced:  # read, then keep if absent, the run's first trace context: before the claim
+            field = batch.correlation_id + TRACE_SUFFIX
+            pipe.hget(attempts_key(batch.session_key), field)
+            pipe.hsetnx(attempts_key(batch.session_key), field, batch.trace)
         for batch in batches:
             items = [str(item) for fields in batch.entries for item in (len(fields) * 2, *_flat(fields))]
             keys = [stream_key(batch.session_key), attempts_key(batch.session_key)]
@@ -88,7 +105,9 @@ async def write_fenced(
             pipe.expire(stream_key(session_key), handler.ttl_seconds)
             pipe.expire(attempts_key(session_key), handler.ttl_seconds)
         results = await pipe.execute()
-    return [result != 0 for result in results[: len(batches)]]
+    first_traces = {id(batch): results[2 * i] for i, batch in enumerate(traced)}
+    scripts = results[2 * len(traced) : 2 * len(traced) + len(batches)]
+    return [Fenced(result != 0, first_traces.get(id(batch))) for batch, result in zip(batches, scripts, strict=True)]
 
 
 def _flat(fields: Mapping[str, str]) -> list[str]:

@@ -15,7 +15,9 @@ run's context, and through which a stop request ends the run. The request is rea
 wrapped agent's stream is even created: a run stopped while it waited for a run slot ends there,
 having asked no model and run no tool. (Creating the stream and not reading it would not do: Agent
 Framework 1.23.0's telemetry finalizes a closed, unread stream by reading it to the end, which runs
-the model and the tools.) Everything else is delegated to the wrapped agent unchanged.
+the model and the tools.) Everything else is delegated to the wrapped agent unchanged, except the
+run's trace context (`traceparent` in its options, put there by the client with telemetry on): it is
+taken out of the options before the agent sees them, and the run's spans continue it (support/telemetry.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from agent_framework import AgentResponse, AgentResponseUpdate, AgentSession, Re
 from agent_framework_durabletask import AgentCallbackContext
 
 from reliability.run_scope import RunScope, current_run, open_run_scope
+from support.telemetry import continue_run_trace
 
 RUN_STARTED = "run_started"  # marks the first, empty update of every streamed run
 
@@ -63,6 +66,7 @@ class ReportingAgent:
     def run(
         self, messages: Any = None, *, stream: bool = False, session: AgentSession | None = None, **kwargs: Any
     ) -> Awaitable[AgentResponse] | ResponseStream[AgentResponseUpdate, AgentResponse]:
+        kwargs = continue_run_trace(kwargs)  # the model never sees the trace context; the run's spans continue it
         if stream:
             scope = open_run_scope()
 

@@ -33,6 +33,7 @@ from redis_stream_response_handler import (
     entry_fields,
 )
 from reliability.resume_point import ResumePoint, resume_point
+from support import telemetry
 
 # Entries numbered by the run's one sequence counter: a reader drops repeats and counts gaps among them.
 NUMBERED_KINDS = (TOKEN, TOOL_CALL, TOOL_RESULT)
@@ -47,26 +48,37 @@ async def read_run(
     the first run it meets after the cursor. Heartbeats and other runs' entries are not yielded
     but prove the worker alive. When nothing arrives for the idle timeout, the read ends with an
     error chunk instead of hanging, whether or not any data arrived before.
+
+    With telemetry on, the read is an `agent_stream.read` span in the run's trace (support/telemetry.py).
     """
     run = RunTracker(correlation_id, await resume_point(handler, session_key, cursor))
     last_entry_id = cursor or START_OF_STREAM
+    reading, ending = telemetry.stream_read(), StreamChunk(entry_id=last_entry_id, kind="closed")  # until an end
     try:
         async for chunk in handler.read_entries(session_key, cursor):
             last_entry_id = chunk.entry_id
             visible = run.accept(chunk)
             if visible is None:
                 continue
+            if reading is not None:  # telemetry: the entry's delivery lag; the run's trace context on its start
+                reading.entry(visible)
+            if visible.kind in MARKERS_THAT_END_A_RUN:
+                ending = visible
             yield visible
             if visible.kind in MARKERS_THAT_END_A_RUN:
                 return
     except StreamIdleTimeoutError:
-        yield StreamChunk(
+        ending = StreamChunk(
             entry_id=last_entry_id,
             kind=ERROR,
             correlation_id=run.correlation_id or "",
             sequence=run.next_sequence,
             error=run.idle_message(handler.idle_timeout_seconds),
         )
+        yield ending
+    finally:
+        if reading is not None:
+            reading.end(run.correlation_id or "", ending.kind, ending.error if ending.kind == ERROR else None)
 
 
 class RunTracker:

@@ -18,6 +18,9 @@ heartbeat interval until the run gets a slot:
 
 Readers show "waiting for a free worker" and keep waiting while these arrive.
 
+With telemetry on (support/telemetry.py), `agent_stream.runs.queued` and `agent_stream.runs.running`
+count them, per worker.
+
 Seen at work: tests/reliability/test_worker_capacity.py, two conversations on a worker with one slot.
 """
 
@@ -39,6 +42,7 @@ from durabletask.worker import ConcurrencyOptions, TaskHubGrpcWorker
 
 from redis_stream_response_handler import QUEUED, RedisStreamResponseHandler, entry_fields
 from reliability.write_behind import WORKER_NAME
+from support import telemetry
 from support.config import Settings
 from support.redis_connection import REDIS_FAILURES
 from support.validation import validate_session_key
@@ -48,6 +52,7 @@ W = TypeVar("W", bound=TaskHubGrpcWorker)
 
 QUEUED_AFTER_SECONDS = 0.2  # a run that gets a slot at once is never reported
 TICK_SECONDS = 0.1
+_THIS_WORKER = {"agent_stream.worker": WORKER_NAME}  # the attribute of the per-worker run counts
 
 Notices = list[tuple[str, list[dict[str, str]]]]  # (session key, entries) per stream
 
@@ -86,6 +91,7 @@ class QueuedRunReporter:
 
     def received(self, run: WaitingRun) -> Callable[[], None]:
         """Note a run that arrived; returns the function to call when it starts."""
+        telemetry.runs_queued.add(len(run.correlation_ids), _THIS_WORKER)
         with self._lock:
             self._waiting[id(run)] = run
             if self._thread is None or not self._thread.is_alive():
@@ -95,7 +101,8 @@ class QueuedRunReporter:
 
     def _started(self, run: WaitingRun) -> None:
         with self._lock:
-            self._waiting.pop(id(run), None)
+            if self._waiting.pop(id(run), None) is not None:
+                telemetry.runs_queued.add(-len(run.correlation_ids), _THIS_WORKER)
 
     def _report_while_waiting(self) -> None:
         # A thread of its own, alive only while runs wait: the agent's loop may be busy, and the
@@ -166,7 +173,8 @@ def report_queued_runs(worker: W, settings: Settings, redis_url: str) -> W:
 
         def run_when_started(*run_args: Any, **run_kwargs: Any) -> Any:
             started()
-            return func(*run_args, **run_kwargs)
+            with telemetry.counted(telemetry.runs_running, _THIS_WORKER, len(run.correlation_ids)):
+                return func(*run_args, **run_kwargs)
 
         def cancel_when_abandoned(*cancel_args: Any, **cancel_kwargs: Any) -> Any:
             started()

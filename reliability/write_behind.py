@@ -32,7 +32,10 @@ redis-py (see docs/benchmarks.md). The flusher also:
   agent run, and the done marker's `chunks` lets a reader detect the gap;
 - writes a run's `done`, `error` or `cancelled` marker only after every earlier entry;
 - on `aclose()` (a stopping worker), ends every unfinished run with an error marker
-  and cancels its task (see reliability/shutdown.py).
+  and cancels its task (see reliability/shutdown.py);
+- with telemetry on (support/telemetry.py), gives each run attempt an `agent_stream.write` span, from
+  its start marker (which carries the span's `traceparent` for readers) to its final marker, and
+  records the per-chunk metrics from each batch's timestamps: nothing per token in the callback.
 
 The flusher runs on the event loop it is given: the caller's by default, or, in the worker,
 a loop on a thread of its own (reliability/flusher_thread.py), so that a burst of agent work
@@ -77,6 +80,7 @@ from reliability.activity import RunActivity, usage_fields
 from reliability.fencing import FencedBatch, write_fenced
 from reliability.run_liveness import DEFAULT_MAX_SILENCE_SECONDS, RunLiveness
 from reliability.run_tracker import NUMBERED_KINDS, read_run
+from support import telemetry
 from support.redis_connection import REDIS_FAILURES
 
 logger = logging.getLogger(__name__)
@@ -137,6 +141,10 @@ class RunStreamWriter:
         self.fence = ""  # this writer's claim on the run (reliability/fencing.py): its first attempt's id
         self.fence_claimed = False  # set once a write claimed the run
         self.superseded = False  # a newer attempt owns the run: this one writes nothing more
+        self.span: telemetry.Span | None = None  # telemetry: this attempt's agent_stream.write span (else None)
+        self.chunks: telemetry.ChunkClock | None = None  # telemetry: the chunk metrics, fed by the flusher
+        self.entries_written = 0
+        self.final_error: str | None = None  # the error marker's message, once queued
         self._pending_lock = threading.Lock()
         self.flusher = flusher
         # The callback runs inline in the run's own task: a stopping worker cancels it (reliability/shutdown.py).
@@ -144,9 +152,12 @@ class RunStreamWriter:
         self.run_loop = asyncio.get_running_loop()
         flusher.add(self)
 
-    def start(self) -> None:
+    def start(self) -> RunStreamWriter:
         """Announce the run on the stream; the flusher takes it from here."""
-        self._begin_attempt(START, worker=WORKER_NAME)  # naming the worker shows which process served a run
+        self.span, self.chunks = telemetry.start_stream_write(self.correlation_id, WORKER_NAME), telemetry.chunk_clock()
+        # Naming the worker shows which process served a run; with telemetry, its trace context for readers.
+        self._begin_attempt(START, worker=WORKER_NAME, **telemetry.carrier_of(self.span))
+        return self
 
     def append_token(self, text: str) -> None:
         """Queue one token; returns at once (never awaits Redis)."""
@@ -169,7 +180,7 @@ class RunStreamWriter:
 
     def restart_with(self, full_text: str, reason: str) -> None:
         """Replace what was streamed with `full_text`: readers discard the partial attempt."""
-        self._begin_attempt(RESTART, reason=reason)
+        self._begin_attempt(RESTART, reason=reason, **telemetry.carrier_of(self.span))
         self.streamed_text = []
         self.append_token(full_text)
 
@@ -196,7 +207,9 @@ class RunStreamWriter:
         counts = usage_fields(self.activity.usage or usage)
         if error is not None:
             marker = entry_fields(ERROR, self.correlation_id, self._next_sequence, error=error)
+            self.final_error = error
         elif cancelled is not None:
+            telemetry.cancels.add(1)
             marker = entry_fields(CANCELLED, self.correlation_id, self._next_sequence, reason=cancelled, **counts)
         else:
             marker = entry_fields(DONE, self.correlation_id, self._next_sequence, chunks=self._next_sequence, **counts)
@@ -236,6 +249,7 @@ class RunStreamWriter:
         reason = self.liveness.reason_to_end(now)
         if reason is not None:  # a heartbeat would tell readers to go on waiting for a run that will never end
             logger.error("run %s: %s", self.correlation_id, reason)
+            self.final_error = reason
             self._enqueue(entry_fields(ERROR, self.correlation_id, self._next_sequence, error=reason), final=True)
         elif not self.pending and now - self.last_activity >= self.heartbeat_seconds:
             self._enqueue(entry_fields(HEARTBEAT, self.correlation_id, self._next_sequence))
@@ -334,6 +348,9 @@ class StreamFlusher:
                 writer.queue_final_marker(error=abandon_reason)
             written = [asyncio.wrap_future(writer.written) for writer in unfinished]
             await asyncio.wait(written, timeout=FINAL_WRITE_SECONDS)  # the late ones are dropped with the task below
+        for writer in unfinished:
+            if not writer.written.done():  # its final marker was never written: its span ends here
+                _end_span(writer, "abandoned", abandon_reason or "the worker stopped")
         if self._task is not None:
             self._task.cancel()  # no heartbeats for runs that stopped
         await self.handler.aclose()
@@ -346,10 +363,14 @@ class StreamFlusher:
             for writer in self._writers:
                 writer.add_heartbeat_if_silent(now)
             taken = {writer: writer.take_pending() for writer in self._writers if writer.pending}
+            for writer, (entries, _) in taken.items():
+                if writer.chunks is not None:  # telemetry: the GenAI chunk metrics, a batch at a time
+                    writer.chunks.observe(entries, TOKEN, RESTART)
             if taken:
                 await self._write_with_retries({writer: entries for writer, (entries, _) in taken.items()}, now)
             for writer in [writer for writer, (_, final) in taken.items() if final or writer.superseded]:
                 self._writers.remove(writer)
+                _end_span(writer, "superseded" if writer.superseded else "final", writer.final_error)
                 writer.written.set_result(None)
 
     async def _wait_for_work(self) -> None:
@@ -362,7 +383,8 @@ class StreamFlusher:
 
     async def _write_with_retries(self, batch: dict[RunStreamWriter, list[dict[str, str]]], now: float) -> None:
         fenced = [
-            FencedBatch(w.session_key, w.correlation_id, w.fence, not w.fence_claimed, e) for w, e in batch.items()
+            FencedBatch(w.session_key, w.correlation_id, w.fence, not w.fence_claimed, e, _trace(w))
+            for w, e in batch.items()
         ]
         expire = [writer.session_key for writer in batch if self._expire_due(writer, now)]
         # Retried for as long as readers wait out an outage (their idle timeout), so an answer that ends
@@ -372,10 +394,17 @@ class StreamFlusher:
             try:
                 owned = await write_fenced(self.handler, fenced, expire)  # refused where a newer attempt owns the run
                 self.round_trips += 1
-                for writer, still_owner in zip(batch, owned, strict=True):
+                written = 0
+                for (writer, entries), (still_owner, first_trace) in zip(batch.items(), owned, strict=True):
+                    if not writer.fence_claimed:  # telemetry: a re-delivered attempt links to the run's first
+                        telemetry.link_to_first_attempt(writer.span, first_trace)
                     writer.fence_claimed = True
                     if not still_owner:
                         writer.supersede()
+                    else:
+                        writer.entries_written += len(entries)
+                        written += len(entries)
+                telemetry.entries_written.add(written)
                 for writer in batch:
                     writer.last_expire = now if writer.session_key in expire else writer.last_expire
                 return
@@ -383,6 +412,7 @@ class StreamFlusher:
                 if time.monotonic() + delay > deadline:
                     self._give_up(batch, error)
                     return
+                telemetry.write_retries.add(1)
                 if delay == FIRST_RETRY_DELAY_SECONDS:
                     left = deadline - time.monotonic()
                     logger.warning("Redis write failed (%s); retrying for up to %.0fs", error, left)
@@ -395,6 +425,7 @@ class StreamFlusher:
         return writer.finished or now - writer.last_expire >= min(self.handler.ttl_seconds / 4, 60)
 
     def _give_up(self, batch: dict[RunStreamWriter, list[dict[str, str]]], error: Exception) -> None:
+        telemetry.entries_lost.add(_count(batch))
         for writer, entries in batch.items():
             writer.tokens_lost += _count_tokens(entries)
             logger.error(
@@ -411,6 +442,21 @@ def _log_if_failed(task: asyncio.Task[None]) -> None:
     # A flusher that stopped would leave every run waiting for `written`: say why, loudly.
     if not task.cancelled() and task.exception() is not None:
         logger.error("the stream flusher stopped", exc_info=task.exception())
+
+
+def _trace(writer: RunStreamWriter) -> str:
+    # A claiming write keeps the run's first traceparent beside the fence (reliability/fencing.py).
+    return telemetry.carrier_of(writer.span).get("traceparent", "") if not writer.fence_claimed else ""
+
+
+def _end_span(writer: RunStreamWriter, outcome: str, error: str | None) -> None:
+    if writer.span is not None:
+        telemetry.end_stream_write(writer.span, outcome, writer.entries_written, writer.tokens_lost, error)
+        writer.span = None
+
+
+def _count(batch: dict[RunStreamWriter, list[dict[str, str]]]) -> int:
+    return sum(len(entries) for entries in batch.values())
 
 
 def _current_task_or_none() -> asyncio.Task[Any] | None:

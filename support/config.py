@@ -26,6 +26,7 @@ from support.errors import UsageError
 from support.providers import check_model_settings
 from support.redaction import redact_url
 from support.redis_connection import ENTRA_ID, parse_target, with_options
+from support.telemetry import check_telemetry_settings
 
 DEFAULT_TASKHUB = "default"
 # Runs one worker process serves at once (one thread each). Sized for models that spend most of a
@@ -322,4 +323,5 @@ def check_environment(environ: Mapping[str, str] | None = None) -> Settings:
     """
     settings = load_settings(environ)  # with no argument, this also loads `.env` into os.environ
     check_model_settings(environ if environ is not None else os.environ)
+    check_telemetry_settings(environ if environ is not None else os.environ)  # support/telemetry.py
     return settings

@@ -1,4 +1,4 @@
-"""Console plumbing shared by every entry point: status lines, logging, and exit codes.
+"""Console plumbing shared by every entry point: status lines, logging, telemetry and exit codes.
 
 stdout carries the answer only; everything else is one line on stderr. `run_entry_point` is the
 single place that maps an outcome to an exit status:
@@ -24,6 +24,7 @@ import grpc
 from redis.exceptions import RedisError
 
 from support.errors import UsageError
+from support.telemetry import configure_telemetry as configure_telemetry  # for every entry point, with the rest
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1

@@ -19,6 +19,7 @@ from support.ports import free_port
 from support.private_redis import PrivateRedisServer
 from support.providers import PROVIDER_VARIABLES
 from support.services import embedded_scheduler
+from support.telemetry import TELEMETRY_VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,6 +46,7 @@ _CONFIG_VARIABLES = (
     "LOG_LEVEL",
     "WEB_MAX_STREAMS",
     "WEB_ALLOWED_HOSTS",
+    *(name for name in TELEMETRY_VARIABLES if not name.startswith("ENABLE_")),
     *PROVIDER_VARIABLES,
 )
 
@@ -71,6 +73,9 @@ def cli_environment(**overrides: str) -> dict[str, str]:
     """The environment for running a CLI as a user would: nothing configured unless given."""
     env = {name: value for name, value in os.environ.items() if name not in _CONFIG_VARIABLES}
     env.update({name: "" for name in _CONFIG_VARIABLES})  # empty = unset, and .env cannot fill it in
+    # Agent Framework reads its switches when it is imported and refuses an empty one: pinned off, or unset.
+    env.update({"ENABLE_CONSOLE_EXPORTERS": "false", "ENABLE_SENSITIVE_DATA": "false"})
+    env.pop("ENABLE_INSTRUMENTATION", None)
     env["DEMO_MODEL_TOKEN_DELAY_MS"] = "2"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(overrides)

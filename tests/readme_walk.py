@@ -154,6 +154,13 @@ def main() -> int:
         walk.run('uv run sample.py -m "Plan a 2-day trip to Paris" --json')
         walk.run('uv run sample.py -m "Plan a 2-day trip to Paris" | head -2', expected=0)  # the shell: head's 0
         walk.run("uv run sample.py", expected=2, REDIS_STREAM_TTL_MINUTES="0")
+        observed = walk.run(
+            'uv run sample.py -m "Plan a 1-day trip to Rome"',
+            ENABLE_INSTRUMENTATION="true",
+            ENABLE_CONSOLE_EXPORTERS="true",
+        )
+        if '"agent_stream.read"' not in observed or "time_to_first_chunk" not in observed:
+            walk.failures.append("Observing it: no agent_stream.read span or time_to_first_chunk metric printed")
         for step in steps:
             step(walk)
         if args.with_benchmarks:

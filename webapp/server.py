@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 
 from support.config import check_environment
 from support.console import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, fail, run_entry_point, setup_logging
+from support.telemetry import configure_telemetry
 from webapp.app import create_app
 
 
@@ -45,6 +46,7 @@ def serve(argv: list[str] | None) -> int:
     if not 1 <= args.port <= 65_535:
         return fail(f"--port must be a TCP port from 1 to 65535 (got {args.port})", EXIT_USAGE)
     check_environment()  # a bad variable fails here, before anything starts (the lifespan reads them again)
+    configure_telemetry("web")  # when asked for: support/telemetry.py
     app = create_app()
     logging.getLogger("uvicorn.error").addFilter(_HideReportedStartupFailure(app))
     config = uvicorn.Config(app, host="127.0.0.1", port=args.port, log_config=None, access_log=False)

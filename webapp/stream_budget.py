@@ -7,6 +7,9 @@ of the app: at 300 open streams `POST /run` failed with 500 and 200 streams died
 200), the requests that start runs keep theirs, and a stream asked for past the budget is refused
 at once with 503 and `Retry-After`, which a browser's EventSource or a script can act on.
 
+With telemetry on (support/telemetry.py): `agent_stream.readers.connected` (streams open now) and
+`agent_stream.streams.refused` (the 503s).
+
 Seen at work: tests/webapp/test_web_guards.py, streams past a budget of two get 503 and runs still start.
 """
 
@@ -19,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from redis_stream_response_handler import RedisStreamResponseHandler
+from support import telemetry
 from support.redis_connection import async_client
 from support.redis_quirks import socket_timeout_outlasting
 
@@ -35,12 +39,15 @@ class StreamBudget:
     def try_open(self) -> bool:
         """Reserve a stream; False when the budget is spent. Pair each True with `close`."""
         if self.open >= self.limit:
+            telemetry.streams_refused.add(1)
             return False
         self.open += 1
+        telemetry.readers_connected.add(1)
         return True
 
     def close(self) -> None:
         self.open -= 1
+        telemetry.readers_connected.add(-1)
 
 
 def too_many_streams(budget: StreamBudget) -> JSONResponse:

@@ -56,6 +56,12 @@ BAD_VALUES = {
     "DEMO_MODEL_FIRST_TOKEN_DELAY_MS": "1e3",
     "DEMO_MODEL_SIGNATURE": "two words",
     "LOG_LEVEL": "bogus",
+    "ENABLE_CONSOLE_EXPORTERS": "stderr",
+    "ENABLE_INSTRUMENTATION": "maybe",
+    "ENABLE_SENSITIVE_DATA": "sometimes",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4317",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING": "https://x.in.applicationinsights.azure.com/",
+    "OTEL_SERVICE_NAME": "travel\nplanner",
 }
 
 
