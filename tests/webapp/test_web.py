@@ -27,6 +27,7 @@ from starlette.applications import Starlette
 from redis_stream_response_handler import DONE, RESTART, START, RedisStreamResponseHandler, entry_fields
 from support.config import Settings
 from support.ports import free_port
+from support.private_redis import PrivateRedisServer
 from support.services import Services
 from tests.streams import write_entries
 from webapp.app import WorkerSetup, create_app
@@ -232,9 +233,14 @@ def blocked_readers(redis_url: str) -> int:
         return sum(1 for c in client.client_list() if c["cmd"] == "xread" and "b" in c["flags"])
 
 
-async def test_a_client_disconnect_ends_the_server_side_read(
-    web: Server, http: httpx.AsyncClient, redis_url: str
-) -> None:
+async def test_a_client_disconnect_ends_the_server_side_read() -> None:
+    # A Redis of its own: the test counts blocked reads (CLIENT LIST), which no other test's client may add to.
+    with PrivateRedisServer(free_port()) as redis_server, serve(redis_server.url, demo_worker()) as web:
+        async with httpx.AsyncClient(base_url=web.url, timeout=30) as http:
+            await disconnect_three_times(web, http, redis_server.url)
+
+
+async def disconnect_three_times(web: Server, http: httpx.AsyncClient, redis_url: str) -> None:
     session = f"nobody-writes-{uuid.uuid4().hex}"  # the read blocks in Redis until the client goes
     for _ in range(3):
         async with http.stream("GET", f"{STREAM}/{session}") as response:
