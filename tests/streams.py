@@ -9,6 +9,12 @@ from typing import Any
 from redis_stream_response_handler import DONE, TOKEN, RedisStreamResponseHandler, entry_fields, stream_key
 
 
+async def all_entries(handler: RedisStreamResponseHandler, session_key: str) -> list[dict[str, str]]:
+    """Every entry of the session's stream, oldest first: what a reader from the start would get, raw."""
+    entries: list[tuple[str, dict[str, str]]] = await handler.redis.xrange(stream_key(session_key))  # type: ignore[assignment]
+    return [fields for _, fields in entries]
+
+
 async def write_entries(
     handler: RedisStreamResponseHandler, session_key: str, entries: Sequence[dict[str, str]]
 ) -> list[str]:

@@ -18,19 +18,14 @@ import pytest
 from agent_framework import AgentResponse, AgentResponseUpdate, Content, Message
 from agent_framework_durabletask import AgentCallbackContext
 
-from redis_stream_response_handler import DONE, START, TOKEN, RedisStreamResponseHandler, entry_fields, stream_key
+from redis_stream_response_handler import DONE, START, TOKEN, RedisStreamResponseHandler, entry_fields
 from reliability.run_tracker import read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.config import load_settings
-from tests.streams import until_written, write_entries
+from tests.streams import all_entries, until_written, write_entries
 from worker import RedisStreamCallback
 
 RUN = "run-1"
-
-
-async def entries_of(handler: RedisStreamResponseHandler, session: str) -> list[dict[str, str]]:
-    raw: list[tuple[str, dict[str, str]]] = await handler.redis.xrange(stream_key(session))  # type: ignore[assignment]
-    return [fields for _, fields in raw]
 
 
 async def test_a_superseded_attempt_is_fenced_out_and_its_run_cancelled(redis_url: str) -> None:
@@ -63,7 +58,7 @@ async def test_a_superseded_attempt_is_fenced_out_and_its_run_cancelled(redis_ur
             await asyncio.wait_for(old_run, 5)  # the old attempt's write was refused, and its run stopped
         new.append_token("new1 ")
         await new.finish()
-        written = await entries_of(handler, session)
+        written = await all_entries(handler, session)
         chunks = [chunk async for chunk in read_run(handler, session, correlation_id=RUN)]
 
     assert old_writer[0].superseded and not new.superseded
@@ -129,7 +124,7 @@ async def test_a_run_delivered_again_to_the_worker_still_running_it_is_two_attem
         await asyncio.wait_for(new_run, 10)
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(old_run, 5)  # its write was refused: superseded, its run cancelled
-        written = await entries_of(handler, session)
+        written = await all_entries(handler, session)
         chunks = [chunk async for chunk in read_run(handler, session, correlation_id=RUN)]
     await callback.aclose(None)
 

@@ -10,7 +10,7 @@ import pytest
 
 from redis_stream_response_handler import ERROR, START, TOKEN, RedisStreamResponseHandler
 from reliability.write_behind import ABANDONED, RunStreamWriter, StreamFlusher
-from tests.reliability.test_write_behind import all_entries
+from tests.streams import all_entries
 
 
 async def _a_run_still_talking(flusher: StreamFlusher, conversation: str) -> asyncio.Task[None]:

@@ -21,12 +21,7 @@ from reliability.run_liveness import ENDED_WITHOUT_A_MARKER
 from reliability.run_tracker import read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.ports import free_port
-from tests.streams import until_written, write_entries
-
-
-async def all_entries(handler: RedisStreamResponseHandler, conversation: str) -> list[dict[str, str]]:
-    entries: list[tuple[str, dict[str, str]]] = await handler.redis.xrange(stream_key(conversation))  # type: ignore[assignment]
-    return [fields for _, fields in entries]
+from tests.streams import all_entries, until_written, write_entries
 
 
 async def test_tokens_appended_faster_than_redis_round_trips_arrive_complete_and_in_order(redis_url: str) -> None:
