@@ -68,7 +68,9 @@ def wait_for_recorded_answer(
 
     Workaround (agent-framework-durabletask 1.0.0b260922): the done marker is written from
     `on_agent_response`, a moment BEFORE the entity's operation returns and the scheduler commits
-    its state, so a fast reader can reach the record before the record exists.
+    its state, so a fast reader can reach the record before the record exists. A hardened worker
+    holds its done until the scheduler accepted the run (reliability/dispatch.py); a bare one
+    (the tutorial's callback copied on its own) does not.
     """
     deadline = time.monotonic() + timeout
     while (answer := recorded_answer(client, session_key, correlation_id)) is None and time.monotonic() < deadline:

@@ -4,30 +4,31 @@ The scheduler delivers a run again when it thinks its worker died. A worker that
 (a GC pause, a VM live migration, SIGSTOP) wakes up still running the old attempt, and without a
 fence it would keep appending tokens and its own `done` to the same stream as the new attempt.
 
-Every attempt's writer holds a fence token (the id of its start marker's attempt). The run's
-current owner is kept in a hash beside the stream:
+Every attempt's writer holds a fence token: the scheduler's delivery number, `dispatch:<n>`, when the
+scheduler numbers its deliveries (reliability/dispatch.py), else the id of its start marker's attempt.
+The run's current owner is kept in a hash beside the stream:
 
     agent-stream:{session}            the stream
     agent-stream:{session}:attempts   correlation id -> fence token of the attempt that owns the run
 
 Both keys carry the session key as a hash tag (`{...}`), so they live in one cluster hash slot and
 one Lua script may touch both: the check and the XADDs are one atomic step, on a single node or
-on Redis Cluster. An attempt's first write CLAIMS the run (the newest attempt wins: it started
-last); every later write of any attempt first checks it still owns the run, and writes nothing
-if not. The writer that is refused learns it was superseded and stops its run (write_behind.py).
+on Redis Cluster. An attempt's first write CLAIMS the run; every later write of any attempt first checks it still
+owns the run, and writes nothing if not. The writer that is refused learns it was superseded and
+stops its run (write_behind.py). Which claim wins:
+
+- LATER DELIVERY WINS, when both fences are delivery numbers: a claim from an earlier delivery than
+  the owner's is refused. This is what catches a worker that was handed the run, froze (or lost its
+  connection) before its first write, and woke up after the scheduler delivered the run again: its
+  claim comes last, but its delivery is older. Before it, such a stale claim took the run from the
+  current attempt, which was cancelled, and readers got an answer the record never held (the chaos
+  run, tests/chaos, found it).
+- otherwise NEWEST START WINS (a worker without reliability/dispatch.py, e.g. the tutorial's copied
+  callback on a bare worker, or a scheduler whose tokens are not numbers): the claim that comes last.
 
 The same hash keeps the trace context of the run's FIRST attempt (`{correlation id}:trace`, telemetry only:
 support/telemetry.py): an attempt's claiming write reads it and sets it if absent, in the same round trip, so
 a re-delivered attempt learns the first one's span and links to it.
-
-What this cannot tell: an attempt frozen BEFORE its first write (or a work item the scheduler
-handed to a worker just before it froze, then took back) claims the run when it wakes, after the
-newer one. No reader splices two attempts (run_tracker.py follows the newest start marker), but
-the claim is wrong: the current attempt is refused and cancelled, so its turn fails and the entity
-rolls it back, while the stale attempt streams a `done` whose completion the scheduler refuses.
-Readers then hold an answer the durable record does not (found by the chaos run, tests/chaos;
-open). "Newest start wins" is not the scheduler's delivery order: a fence token that follows that
-order (one the scheduler issues with each delivery) would refuse the stale claim instead.
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ TRACE_SUFFIX = ":trace"  # the attempts hash's field for a run's first tracepare
 # KEYS: the stream, its attempts hash. ARGV: correlation id, fence token, "1" to claim, MAXLEN,
 # TTL seconds, then each entry as its number of field/value items followed by the items.
 _FENCED_XADD = """
+local function delivery(fence) return tonumber(string.match(fence, '^dispatch:(%d+)$')) end
 local owner = redis.call('HGET', KEYS[2], ARGV[1])
-if ARGV[3] == '1' or not owner then
+if owner ~= ARGV[2] then
+  if owner and ARGV[3] ~= '1' then return 0 end
+  if owner and (delivery(ARGV[2]) or math.huge) < (delivery(owner) or 0) then return 0 end
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[5])
-elseif owner ~= ARGV[2] then
-  return 0
 end
 local ids, i = {}, 6
 while i <= #ARGV do

@@ -32,11 +32,11 @@ class RunScope:
     inner: ResponseStream[AgentResponseUpdate, AgentResponse] | None = None  # the agent's stream, once started
 
     async def stopped_before_start(self) -> bool:
-        """Read the run's stop request once, before the agent starts: True for a run stopped while it waited."""
+        """Before the agent starts: True for a run stopped while it waited, or refused by its stream's fence."""
         if self.cancel is None:
             return False
         await self.cancel.check_now()
-        return self.cancel.requested
+        return self.cancel.requested or self.cancel.superseded
 
     def stoppable(self, updates: AsyncIterator[AgentResponseUpdate]) -> AsyncIterator[AgentResponseUpdate]:
         """The run's updates, ending at a stop request. Call it once the callback has seen the first update."""

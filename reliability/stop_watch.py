@@ -1,7 +1,8 @@
 """Noticing a stop, in the worker: a run's CancelSignal, and the watcher that polls for requests.
 
     CancelWatcher (one per worker loop) GETs a run's cancel key once as it starts, before the model
-    is asked (a run stopped while it waited for a run slot ends there: no model, no tool), then the
+    is asked (a run stopped while it waited for a run slot ends there: no model, no tool; so does a
+    stale delivery, whose claim on the stream was refused: reliability/fencing.py), then the
     cancel keys of its running runs every 0.25 s
       └─ the run's CancelSignal, in its run scope (reliability/run_scope.py): ReportingAgent stops
          pulling from the model (at once, even mid tool call or mid silence), the run ends with what
@@ -23,6 +24,7 @@ import asyncio
 import copy
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -37,6 +39,7 @@ from support.redis_connection import REDIS_FAILURES
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25  # how often a worker checks for a stop while its runs stream (or sit silent)
+CLAIM_WAIT_SECONDS = 5.0  # how long a starting run waits for its first write (its claim) before it goes on anyway
 CANCELLED_PROPERTY = "cancelled"  # on a stopped run's AgentResponse: the reason
 
 U = TypeVar("U")
@@ -49,8 +52,15 @@ class _StopRequestedError(Exception):
 class CancelSignal:
     """One run's stop request, as the worker sees it; `interruptible` lets it cut short a wait."""
 
-    def __init__(self, session_key: str, correlation_id: str, watcher: CancelWatcher | None = None) -> None:
+    def __init__(
+        self,
+        session_key: str,
+        correlation_id: str,
+        watcher: CancelWatcher | None = None,
+        claimed: Future[bool] | None = None,
+    ) -> None:
         self.session_key, self.correlation_id = session_key, correlation_id
+        self._claimed = claimed  # the run's claim on its stream (RunStreamWriter.claimed), if watched with a writer
         self.reason: str | None = None
         self._scope: asyncio.Timeout | None = None
         self._watcher = watcher
@@ -67,10 +77,18 @@ class CancelSignal:
         if self._scope is not None:
             self._scope.reschedule(asyncio.get_running_loop().time())  # expire the wait now
 
+    @property
+    def superseded(self) -> bool:
+        """The run's claim on its stream was refused: a later delivery owns it (reliability/fencing.py)."""
+        return self._claimed is not None and self._claimed.done() and not self._claimed.result()
+
     async def check_now(self) -> None:
-        """Read the run's stop request at once, not at the next poll: called before the model is asked."""
+        """Called before the model is asked: read the run's stop request at once, not at the next poll, and
+        wait for the run's claim on its stream, so that a stale delivery never asks the model or runs a tool."""
         if self._watcher is not None:
             await self._watcher.check_now(self)
+        if self._claimed is not None:  # the first write, normally a millisecond; Redis trouble must not hold the run
+            await asyncio.wait([asyncio.wrap_future(self._claimed)], timeout=CLAIM_WAIT_SECONDS)
 
     def close(self) -> None:
         """The run ended: stop watching for it."""
@@ -170,7 +188,7 @@ class CancelWatcher:
 
         Called on the worker's event loop, when the run starts.
         """
-        signal = CancelSignal(writer.session_key, writer.correlation_id, self)
+        signal = CancelSignal(writer.session_key, writer.correlation_id, self, writer.claimed)
         self._flusher = writer.flusher
         self._signals.append(signal)
         if self._task is None or self._task.done():

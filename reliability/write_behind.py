@@ -77,6 +77,7 @@ from redis_stream_response_handler import (
     entry_fields,
 )
 from reliability.activity import RunActivity, usage_fields
+from reliability.dispatch import current_dispatch
 from reliability.fencing import FencedBatch, write_fenced
 from reliability.run_liveness import DEFAULT_MAX_SILENCE_SECONDS, RunLiveness
 from reliability.run_tracker import NUMBERED_KINDS, read_run
@@ -133,13 +134,21 @@ class RunStreamWriter:
         self.pending: list[dict[str, str]] = []  # guarded by _pending_lock: the flusher may be on another thread
         self.last_activity = time.monotonic()
         self.last_expire = float("-inf")
-        self.finished = False  # the final marker is queued: nothing more is accepted (set under _pending_lock)
+        self.finished = (
+            False  # the final marker is queued (or held): nothing more is accepted (set under _pending_lock)
+        )
+        self.final_queued = False  # ... and it is among the pending entries, for the flusher to write
+        # The scheduler's delivery of this run (reliability/dispatch.py), if the worker tracks them: its number
+        # is the fence, and the run's own final marker is held until the scheduler accepts the run's completion.
+        self.dispatch = current_dispatch()
+        self.held_final: dict[str, str] | None = None
         self.written: Future[None] = Future()  # ... and the flusher has written it (awaitable from any loop)
         self.liveness = RunLiveness(flusher.max_silence_seconds)  # created on the run's task, like the writer
         self._next_sequence = 0
         self.attempt = ""  # the attempt at the answer, written on every entry: readers follow the newest only
-        self.fence = ""  # this writer's claim on the run (reliability/fencing.py): its first attempt's id
+        self.fence = ""  # this writer's claim on the run (reliability/fencing.py): its delivery, or first attempt's id
         self.fence_claimed = False  # set once a write claimed the run
+        self.claimed: Future[bool] = Future()  # the claim's outcome: False if an attempt of a later delivery owns it
         self.superseded = False  # a newer attempt owns the run: this one writes nothing more
         self.span: telemetry.Span | None = None  # telemetry: this attempt's agent_stream.write span (else None)
         self.chunks: telemetry.ChunkClock | None = None  # telemetry: the chunk metrics, fed by the flusher
@@ -187,19 +196,30 @@ class RunStreamWriter:
     async def finish(
         self, error: str | None = None, *, usage: UsageDetails | None = None, cancelled: str | None = None
     ) -> None:
-        """Queue the done (error, cancelled) marker after everything else and wait until it is written.
+        """The run's own end: queue the done (error, cancelled) marker after everything else.
 
         The done and cancelled markers carry the run's usage: what the updates reported, else `usage`
         (the final response's, e.g. of an answer the host produced without streaming).
+
+        On a worker that tracks its deliveries (reliability/dispatch.py) the marker is HELD until the
+        scheduler gives its verdict on the run's completion, which comes after this returns: written
+        if it accepted it (the answer is recorded), dropped if it refused it (the run was delivered
+        again; the newer attempt ends the stream). Otherwise it is queued, and this waits until it is written.
         """
-        self.queue_final_marker(error, usage=usage, cancelled=cancelled)
-        # Shielded: a cancelled run must not cancel the flusher's `written`, which it still sets.
-        await asyncio.shield(asyncio.wrap_future(self.written))
+        self.queue_final_marker(error, usage=usage, cancelled=cancelled, hold=self.dispatch is not None)
+        if self.dispatch is None:
+            # Shielded: a cancelled run must not cancel the flusher's `written`, which it still sets.
+            await asyncio.shield(asyncio.wrap_future(self.written))
 
     def queue_final_marker(
-        self, error: str | None = None, *, usage: UsageDetails | None = None, cancelled: str | None = None
+        self,
+        error: str | None = None,
+        *,
+        usage: UsageDetails | None = None,
+        cancelled: str | None = None,
+        hold: bool = False,
     ) -> None:
-        """`finish` without the wait: the marker is queued (once; later calls do nothing)."""
+        """`finish` without the wait: the marker is queued, or `hold`s for the scheduler's verdict (once)."""
         if self.finished:
             return
         for kind, fields in self.activity.flush():  # tool calls whose arguments never completed
@@ -213,7 +233,7 @@ class RunStreamWriter:
             marker = entry_fields(CANCELLED, self.correlation_id, self._next_sequence, reason=cancelled, **counts)
         else:
             marker = entry_fields(DONE, self.correlation_id, self._next_sequence, chunks=self._next_sequence, **counts)
-        self._enqueue(marker, final=True)
+        self._enqueue(marker, final=True, hold=hold)
 
     @property
     def streamed(self) -> str:
@@ -223,12 +243,12 @@ class RunStreamWriter:
         """The entries queued so far, and whether the final marker is among them."""
         with self._pending_lock:
             batch, self.pending = self.pending, []
-            return batch, self.finished
+            return batch, self.final_queued
 
     def supersede(self) -> None:
         """A newer attempt owns the run (the scheduler delivered it again): stop this one, write nothing more."""
         with self._pending_lock:
-            self.superseded, self.finished, self.pending = True, True, []
+            self.superseded, self.finished, self.pending, self.held_final = True, True, [], None
         logger.warning(
             "run %s: attempt %s was superseded by a newer attempt (the run was delivered again); stopping it",
             self.correlation_id,
@@ -243,10 +263,14 @@ class RunStreamWriter:
                 self.run_loop.call_soon_threadsafe(self.run_task.cancel)
 
     def add_heartbeat_if_silent(self, now: float) -> None:
-        """A heartbeat when the run is silent but alive; an error marker when it can no longer end its stream."""
-        if self.finished:
+        """A heartbeat when the run is silent but alive; an error marker when it can no longer end its stream.
+
+        A run whose final marker is held (see `finish`) has ended: it gets heartbeats until the verdict
+        (another operation of the same work item may still be running), never an error marker.
+        """
+        if self.final_queued or self.superseded:
             return
-        reason = self.liveness.reason_to_end(now)
+        reason = None if self.held_final is not None else self.liveness.reason_to_end(now)
         if reason is not None:  # a heartbeat would tell readers to go on waiting for a run that will never end
             logger.error("run %s: %s", self.correlation_id, reason)
             self.final_error = reason
@@ -257,26 +281,50 @@ class RunStreamWriter:
     def _begin_attempt(self, kind: str, **extra: str) -> None:
         # A fresh attempt id tells a reader "the answer starts over" apart from a start marker written twice.
         self._next_sequence, self.attempt = 0, uuid.uuid4().hex[:12]
-        self.fence = self.fence or self.attempt
+        self.fence = self.fence or (self.dispatch and self.dispatch.fence) or self.attempt
         self._enqueue(entry_fields(kind, self.correlation_id, 0, **extra))
 
     def _enqueue_numbered(self, kind: str, text: str = "", **extra: str) -> None:
         self._enqueue(entry_fields(kind, self.correlation_id, self._next_sequence, text, **extra))
         self._next_sequence += 1
 
-    def _enqueue(self, fields: dict[str, str], *, final: bool = False) -> None:
-        # Under the lock the flusher takes entries with: the final marker and `finished` go together,
+    def _enqueue(self, fields: dict[str, str], *, final: bool = False, hold: bool = False) -> None:
+        # Under the lock the flusher takes entries with: the final marker and `final_queued` go together,
         # so the flusher knows the batch that ends the run, and nothing is queued after it.
         fields["attempt"] = self.attempt
+        heartbeat = fields["kind"] == HEARTBEAT
         with self._pending_lock:
-            if self.finished:
+            if self.final_queued or (self.finished and not heartbeat):
                 return
-            self.pending.append(fields)
-            if final:
-                self.finished = True
-        if fields["kind"] != HEARTBEAT:
+            if final and hold:
+                self.held_final = fields
+            else:
+                self.pending.append(fields)
+            self.finished |= final
+            self.final_queued |= final and not hold
+        if not heartbeat:
             self.liveness.progressed()
         self.last_activity = time.monotonic()
+        if final and hold:
+            assert self.dispatch is not None
+            self.dispatch.on_verdict(self._release_final)
+        self.flusher.wake()
+
+    def _release_final(self, recorded: bool) -> None:
+        # The scheduler's verdict on the run's completion (reliability/dispatch.py), from its worker thread.
+        with self._pending_lock:
+            held, self.held_final = self.held_final, None
+            if recorded and held is not None:
+                self.pending.append(held)
+                self.final_queued = True
+            else:  # refused or handed back: the run is delivered again, and the newer attempt ends the stream
+                self.superseded = True
+        if not recorded:
+            logger.warning(
+                "run %s: the scheduler did not record attempt %s; its end is not streamed",
+                self.correlation_id,
+                self.attempt,
+            )
         self.flusher.wake()
 
 
@@ -348,6 +396,9 @@ class StreamFlusher:
                 writer.queue_final_marker(error=abandon_reason)
             written = [asyncio.wrap_future(writer.written) for writer in unfinished]
             await asyncio.wait(written, timeout=FINAL_WRITE_SECONDS)  # the late ones are dropped with the task below
+        ending = [writer for writer in self._writers if writer.final_queued and not writer.written.done()]
+        if ending:  # final markers the scheduler's verdict released just before this stop: written first
+            await asyncio.wait([asyncio.wrap_future(writer.written) for writer in ending], timeout=FINAL_WRITE_SECONDS)
         for writer in unfinished:
             if not writer.written.done():  # its final marker was never written: its span ends here
                 _end_span(writer, "abandoned", abandon_reason or "the worker stopped")
@@ -368,7 +419,8 @@ class StreamFlusher:
                     writer.chunks.observe(entries, TOKEN, RESTART)
             if taken:
                 await self._write_with_retries({writer: entries for writer, (entries, _) in taken.items()}, now)
-            for writer in [writer for writer, (_, final) in taken.items() if final or writer.superseded]:
+            ended = [writer for writer, (_, final) in taken.items() if final]
+            for writer in [*ended, *(w for w in self._writers if w.superseded and w not in ended)]:
                 self._writers.remove(writer)
                 _end_span(writer, "superseded" if writer.superseded else "final", writer.final_error)
                 writer.written.set_result(None)
@@ -399,6 +451,8 @@ class StreamFlusher:
                     if not writer.fence_claimed:  # telemetry: a re-delivered attempt links to the run's first
                         telemetry.link_to_first_attempt(writer.span, first_trace)
                     writer.fence_claimed = True
+                    if not writer.claimed.done():
+                        writer.claimed.set_result(still_owner)
                     if not still_owner:
                         writer.supersede()
                     else:
@@ -427,6 +481,8 @@ class StreamFlusher:
     def _give_up(self, batch: dict[RunStreamWriter, list[dict[str, str]]], error: Exception) -> None:
         telemetry.entries_lost.add(_count(batch))
         for writer, entries in batch.items():
+            if not writer.claimed.done():  # unknown: the run goes on, as it does through any Redis trouble
+                writer.claimed.set_result(True)
             writer.tokens_lost += _count_tokens(entries)
             logger.error(
                 "Redis writes failed for %gs (%s); %d tokens of run %s not streamed",

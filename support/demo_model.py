@@ -70,6 +70,7 @@ DEFAULT_TOKEN_DELAY_SECONDS = 0.02
 TOKEN_DELAY_ENV = "DEMO_MODEL_TOKEN_DELAY_MS"
 FAIL_AFTER_TOKENS_ENV = "DEMO_MODEL_FAIL_AFTER_TOKENS"
 FIRST_TOKEN_DELAY_ENV = "DEMO_MODEL_FIRST_TOKEN_DELAY_MS"
+THINK_ENV = "DEMO_MODEL_THINK_MS"
 STREAM_ONLY_FAILURE_ENV = "DEMO_MODEL_FAIL_STREAM_ONLY"
 SIGNATURE_ENV = "DEMO_MODEL_SIGNATURE"
 
@@ -284,6 +285,8 @@ class DemoChatClient(
             that was never streamed).
         first_token_delay_seconds: silence before the itinerary's first word, like a slow
             tool call or a slow model: the worker's heartbeats must keep readers waiting.
+        think_seconds: silence before a turn's first reply (its tool calls), while nothing of the
+            run exists on its stream yet: a worker frozen then has not written anything.
         signature: put before every word of the itinerary, streamed or not, so that two
             attempts at one answer (two workers) say different words and a splice shows.
     """
@@ -297,6 +300,7 @@ class DemoChatClient(
         fail_after_tokens: int | None = None,
         fail_stream_only: bool = False,
         first_token_delay_seconds: float = 0.0,
+        think_seconds: float = 0.0,
         signature: str = "",
     ) -> None:
         if token_delay_seconds < 0:
@@ -308,6 +312,7 @@ class DemoChatClient(
         self.fail_after_tokens = fail_after_tokens
         self.fail_stream_only = fail_stream_only
         self.first_token_delay_seconds = first_token_delay_seconds
+        self.think_seconds = think_seconds
         self.signature = signature
         announce_once(
             "model", "using the offline demo model (no model provider configured; see .env.example to use a real one)"
@@ -358,6 +363,8 @@ class DemoChatClient(
         )
         if reply.function_calls:
             usage = reply.usage(len(reply.function_calls))
+            if self.think_seconds:
+                await asyncio.sleep(self.think_seconds)
             yield update(contents=[*reply.function_calls, usage], finish_reason="tool_calls")
             return
         tokens: list[str] = _TOKEN.findall(reply.text)
@@ -391,11 +398,13 @@ def demo_model_options(environ: Mapping[str, str]) -> dict[str, Any]:
     delay_ms = _whole_number(environ, TOKEN_DELAY_ENV, "a whole number of milliseconds", 60_000)
     fail_after = _whole_number(environ, FAIL_AFTER_TOKENS_ENV, "a whole number of tokens", 1_000_000)
     first_token_ms = _whole_number(environ, FIRST_TOKEN_DELAY_ENV, "a whole number of milliseconds", 600_000) or 0
+    think_ms = _whole_number(environ, THINK_ENV, "a whole number of milliseconds", 600_000) or 0
     return {
         "token_delay_seconds": DEFAULT_TOKEN_DELAY_SECONDS if delay_ms is None else delay_ms / 1000,
         "fail_after_tokens": fail_after,
         "fail_stream_only": _on_or_off(environ, STREAM_ONLY_FAILURE_ENV),
         "first_token_delay_seconds": first_token_ms / 1000,
+        "think_seconds": think_ms / 1000,
         "signature": _signature(environ),
     }
 

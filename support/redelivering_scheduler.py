@@ -19,8 +19,9 @@ stand-in that does the same:
 - The re-queued work gets a new completion token. Until it is sent to a worker again, the
   old token still completes it: a worker that stopped gracefully (worker.py drains its runs,
   reliability/drain.py) or merely lost its stream finishes the run it holds, and that result
-  counts, once. From the moment it is sent again, a late completion is stale and ignored
-  instead of overwriting the new attempt's result.
+  counts, once. From the moment it is sent again, a late completion is stale and refused
+  (FAILED_PRECONDITION; the base class ignores it silently) instead of overwriting the new
+  attempt's result, so the worker knows its answer was not recorded.
 - Records are per dispatch (instance id and completion token), so a stream ending can only
   put back work it still holds, never a later dispatch of the same entity to another worker.
 - A worker that abandons work (durabletask's `AbandonTaskEntityWorkItem`; a draining worker
@@ -58,6 +59,7 @@ logger = logging.getLogger(__name__)
 LOOPBACK = "localhost"  # 127.0.0.1 and ::1
 PING_INTERVAL_SECONDS = 5.0
 PING_TIMEOUT_SECONDS = 5.0  # a hung worker's work is re-delivered within about 10 s: under the readers' idle timeout
+STALE_COMPLETION = "stale completion token: the work was delivered again, or already completed"
 ABANDON_REST_SECONDS = (
     1.0  # a stream whose worker abandons work gets none for this long (see AbandonTaskEntityWorkItem)
 )
@@ -287,6 +289,10 @@ class RedeliveringScheduler(InMemoryOrchestrationBackend):
                 accepted.completionToken = str(entity.completion_token)
                 logger.warning("entity %s: its worker completed it after all; not re-delivering it", entity_id)
                 return super().CompleteEntityTask(accepted, context)
+            if not any(self._entity_token(e) == request.completionToken for e in self._entity_in_flight):
+                # The base class ignores it silently; the worker must know its answer was not recorded
+                # (reliability/dispatch.py then drops the run's done marker).
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, STALE_COMPLETION)
             return super().CompleteEntityTask(request, context)
 
     def AbandonTaskEntityWorkItem(  # noqa: N802 - the gRPC method's name

@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from agent_framework_durabletask import DurableAgentState
 
 from redis_stream_response_handler import CANCELLED, DONE, ERROR, RESTART, START, TOKEN, TOOL_CALL
-from tests.chaos.plan import FAULT_KINDS, THAWED, RunPlan
+from tests.chaos.plan import FAULT_KINDS, RunPlan
 from tests.chaos.readers import ReaderLog, tokens
 from tests.chaos.stack import Stack
 
 Entries = list[tuple[str, dict[str, str]]]
 
 BAD = ("mismatches", "splices", "superseded dones", "duplicate executions", "stuck runs")
-KNOWN_BUGS = ("stale delivery", "done before commit")  # open: README, "Failure modes"
 
 
 @dataclass
@@ -42,7 +41,6 @@ class RunResult:
     problems: dict[str, list[str]] = field(default_factory=dict[str, list[str]])  # column -> evidence
     executions: int = 0
     recovered: int = 0
-    known_bug: str | None = None  # one of the two open bugs explains its problems (diagnose_known_bugs)
 
     def flag(self, column: str, evidence: str) -> None:
         self.problems.setdefault(column, []).append(evidence)
@@ -107,38 +105,10 @@ def check_run(
     _check_executions(result, attempts, stack, where)
     for reader in result.readers:
         _check_reader(result, reader, final, record_text, record_signature, where)
-    result.known_bug = diagnose_known_bugs(attempts, stack)
     if set(result.problems) - {"clear errors"}:
         described = [_describe(attempt, stack) for attempt in attempts]
         recorded = [(type(entry).__name__, entry.correlation_id) for entry in history]
-        bug = result.known_bug or "no known bug"
-        result.flag("details", f"{where} ({bug}): attempts {described}; the record holds {recorded}")
-
-
-def diagnose_known_bugs(attempts: list[Attempt], stack: Stack) -> str | None:
-    """Which of the two open bugs the chaos run keeps finding explains a run's problems, if one does.
-
-    - stale delivery: a work item the scheduler handed to a worker just before it froze, then took back and
-      delivered elsewhere, runs when that worker thaws. Its attempt starts last, so it claims the fence: the
-      current attempt is cancelled (the entity rolls the turn back, the record lacks it) or, if the run had
-      completed, a late reader follows the stale attempt's answer. Sign: the newest attempt began within 5 s
-      of its worker's thaw, after another attempt.
-    - done before commit: an attempt wrote its `done` (on_agent_response), then its worker froze, stopped or
-      died before the scheduler committed the run, which it delivered again. Readers had ended on that done;
-      the record holds the next attempt's answer. Sign: an earlier attempt wrote done and its worker was hit.
-    """
-    if len(attempts) < 2:
-        return None
-    final = attempts[-1]
-    worker = stack.by_pid(final.worker_pid) if final.worker_pid is not None else None
-    thaws = [when for when, kind in worker.faults if kind == THAWED] if worker is not None else []
-    if any(0 <= final.started - when <= 5 for when in thaws):
-        return "stale delivery"
-    for attempt in attempts[:-1]:
-        hit = stack.by_pid(attempt.worker_pid) if attempt.worker_pid is not None else None
-        if attempt.done and hit is not None and any(when >= attempt.started for when, _ in hit.faults):
-            return "done before commit"
-    return None
+        result.flag("details", f"{where}: attempts {described}; the record holds {recorded}")
 
 
 def _describe(attempt: Attempt, stack: Stack) -> str:
@@ -222,16 +192,7 @@ class Report:
         }
         for column in (*BAD, "clear errors"):
             columns[column] = sum(column in run.problems for run in self.runs)
-        for bug in KNOWN_BUGS:
-            columns[f"of the runs with a bad figure: open bug '{bug}'"] = sum(
-                run.known_bug == bug and bool(set(run.problems) & set(BAD)) for run in self.runs
-            )
         return columns
-
-    @property
-    def only_the_known_bugs(self) -> bool:
-        """Every run with a bad figure is explained by one of the two open bugs (diagnose_known_bugs)."""
-        return all(run.known_bug for run in self.runs if set(run.problems) & set(BAD))
 
     @property
     def ok(self) -> bool:

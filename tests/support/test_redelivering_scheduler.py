@@ -111,9 +111,11 @@ def test_the_work_of_a_hung_worker_goes_to_the_next_worker_once_its_lease_expire
         assert [event.entityOperationSignaled.operation for event in item.entityRequestV2.operationRequests] == ["add"]
         assert item.completionToken != first_token
 
-        # The hung worker's late completion is ignored; the new worker's counts.
+        # The hung worker's late completion is refused, and it is told so; the new worker's counts.
         stub = stubs.TaskHubSidecarServiceStub(channel)
-        stub.CompleteEntityTask(_result(first_token, "99"))
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.CompleteEntityTask(_result(first_token, "99"))
+        assert cast(grpc.Call, refused.value).code() == grpc.StatusCode.FAILED_PRECONDITION
         stub.CompleteEntityTask(_result(item.completionToken, "1"))
         entity = client.get_entity(ENTITY)
         assert entity is not None and entity.get_state() == "1"
@@ -203,8 +205,17 @@ def _signal(backend: RedeliveringScheduler, operation: str = "add") -> None:
     backend.SignalEntity(request, cast(grpc.ServicerContext, None))
 
 
+class _RefusedError(Exception):  # what gRPC's `context.abort` does: end the call with a status
+    pass
+
+
+class _Call:
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _RefusedError(code, details)
+
+
 def _complete(backend: RedeliveringScheduler, token: str, state: str) -> None:
-    backend.CompleteEntityTask(_result(token, state), cast(grpc.ServicerContext, None))
+    backend.CompleteEntityTask(_result(token, state), cast(grpc.ServicerContext, _Call()))
 
 
 def _state(backend: RedeliveringScheduler) -> str | None:
@@ -247,8 +258,9 @@ def test_a_late_completion_counts_until_the_work_is_sent_again(
     if sent_again:
         again = b.next_item()
         assert again is not None and again.completionToken != item.completionToken
-        _complete(backend, item.completionToken, "99")  # stale: another worker runs it now
-        assert _state(backend) is None
+        with pytest.raises(_RefusedError) as refused:  # stale: another worker runs it now, and the late one is told
+            _complete(backend, item.completionToken, "99")
+        assert refused.value.args[0] == grpc.StatusCode.FAILED_PRECONDITION and _state(backend) is None
         _complete(backend, again.completionToken, "1")
         assert _state(backend) == "1"
     else:
@@ -270,7 +282,8 @@ def test_an_abandoned_token_is_retired_and_the_abandoning_stream_rests(backend: 
     backend.AbandonTaskEntityWorkItem(
         pb.AbandonEntityTaskRequest(completionToken=item.completionToken), cast(grpc.ServicerContext, None)
     )
-    _complete(backend, item.completionToken, "99")  # the worker gave it up: what it sends later is stale
+    with pytest.raises(_RefusedError):  # the worker gave it up: what it sends later is stale
+        _complete(backend, item.completionToken, "99")
     assert _state(backend) is None
     a_took = a.next_item(timeout=0)  # A asks for work again (the answer lands in its queue)...
     b = _Stream(backend)
