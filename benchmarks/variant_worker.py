@@ -27,7 +27,7 @@ from agent_framework_durabletask import AgentCallbackContext
 import worker
 from redis_stream_response_handler import RedisStreamResponseHandler
 from reliability import write_behind
-from reliability.fencing import FencedBatch
+from reliability.fencing import Fenced, FencedBatch
 from reliability.stop_watch import cancel_reason
 from reliability.write_behind import run_key
 from support.console import run_entry_point
@@ -58,10 +58,10 @@ class MarkersOnlyCallback(worker.RedisStreamCallback):
 
 async def write_plain(
     handler: RedisStreamResponseHandler, batches: Sequence[FencedBatch], expire: Sequence[str] = ()
-) -> list[bool]:
+) -> list[Fenced]:
     """`reliability.fencing.write_fenced` without the fence: one pipeline of XADDs (+ EXPIREs); every attempt owns."""
     await handler.write_streams([(batch.session_key, batch.entries) for batch in batches], expire)
-    return [True] * len(batches)
+    return [Fenced(owned=True)] * len(batches)
 
 
 def apply(variants: str) -> None:

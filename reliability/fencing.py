@@ -13,7 +13,12 @@ The run's current owner is kept in a hash beside the stream:
 
 Both keys carry the session key as a hash tag (`{...}`), so they live in one cluster hash slot and
 one Lua script may touch both: the check and the XADDs are one atomic step, on a single node or
-on Redis Cluster. An attempt's first write CLAIMS the run; every later write of any attempt first checks it still
+on Redis Cluster. One script call writes every run of a flush that shares a node (a single node:
+all of them; a cluster: those of one hash slot), and its runs and entries travel as ONE JSON
+argument that Lua's `cjson` unpacks: redis-py encodes each argument of a command in Python, and
+an entry's dozen fields as separate arguments were the largest part of a token's cost
+(docs/benchmarks.md, section 7).
+An attempt's first write CLAIMS the run; every later write of any attempt first checks it still
 owns the run, and writes nothing if not. The writer that is refused learns it was superseded and
 stops its run (write_behind.py). Which claim wins:
 
@@ -33,33 +38,44 @@ a re-delivered attempt learns the first one's span and links to it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from redis_stream_response_handler import RedisStreamResponseHandler, stream_key
 
 ATTEMPTS_SUFFIX = ":attempts"
 TRACE_SUFFIX = ":trace"  # the attempts hash's field for a run's first traceparent: `{correlation id}:trace`
 
-# KEYS: the stream, its attempts hash. ARGV: correlation id, fence token, "1" to claim, MAXLEN,
-# TTL seconds, then each entry as its number of field/value items followed by the items.
+# KEYS: each run's stream and attempts hash, in turn. ARGV: MAXLEN, TTL seconds, then the runs as ONE JSON
+# argument, in KEYS' order: [[correlation id, fence token, 1 to claim else 0, [[field, value, ...], ...]], ...].
+# Returns each run's 1 (written) or 0 (refused: another attempt owns the run).
 _FENCED_XADD = """
 local function delivery(fence) return tonumber(string.match(fence, '^dispatch:(%d+)$')) end
-local owner = redis.call('HGET', KEYS[2], ARGV[1])
-if owner ~= ARGV[2] then
-  if owner and ARGV[3] ~= '1' then return 0 end
-  if owner and (delivery(ARGV[2]) or math.huge) < (delivery(owner) or 0) then return 0 end
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
+local owned = {}
+for r, run in ipairs(cjson.decode(ARGV[3])) do
+  local stream, attempts, id, fence, claim, entries = KEYS[2 * r - 1], KEYS[2 * r], run[1], run[2], run[3], run[4]
+  local owner, ok = redis.call('HGET', attempts, id), true
+  if owner ~= fence then
+    if owner and (claim ~= 1 or (delivery(fence) or math.huge) < (delivery(owner) or 0)) then
+      ok = false
+    else
+      redis.call('HSET', attempts, id, fence)
+      redis.call('EXPIRE', attempts, ARGV[2])
+    end
+  end
+  if ok then
+    for _, fields in ipairs(entries) do
+      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+    end
+  end
+  owned[r] = ok and 1 or 0
 end
-local ids, i = {}, 6
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
-return ids
+return owned
 """
 
 
@@ -92,24 +108,37 @@ async def write_fenced(
     `expire`: session keys whose stream TTL is due for a refresh (with the final marker, or every few minutes).
     """
     traced = [batch for batch in batches if batch.claim and batch.trace]
+    groups = _by_slot(batches) if isinstance(handler.redis, RedisCluster) else [list(batches)] if batches else []
     async with handler.redis.pipeline(transaction=False) as pipe:
         for batch in traced:  # read, then keep if absent, the run's first trace context: before the claim
             field = batch.correlation_id + TRACE_SUFFIX
             pipe.hget(attempts_key(batch.session_key), field)
             pipe.hsetnx(attempts_key(batch.session_key), field, batch.trace)
-        for batch in batches:
-            items = [str(item) for fields in batch.entries for item in (len(fields) * 2, *_flat(fields))]
-            keys = [stream_key(batch.session_key), attempts_key(batch.session_key)]
-            claim = "1" if batch.claim else "0"
-            args = [batch.correlation_id, batch.fence, claim, handler.max_length, handler.ttl_seconds, *items]
-            pipe.eval(_FENCED_XADD, 2, *keys, *args)  # type: ignore[arg-type]
+        for group in groups:
+            keys = [key for batch in group for key in (stream_key(batch.session_key), attempts_key(batch.session_key))]
+            runs = [[b.correlation_id, b.fence, int(b.claim), [_flat(fields) for fields in b.entries]] for b in group]
+            payload = json.dumps(runs, ensure_ascii=False, separators=(",", ":"))
+            pipe.eval(_FENCED_XADD, len(keys), *keys, handler.max_length, handler.ttl_seconds, payload)  # type: ignore[arg-type]
         for session_key in expire:
             pipe.expire(stream_key(session_key), handler.ttl_seconds)
             pipe.expire(attempts_key(session_key), handler.ttl_seconds)
         results = await pipe.execute()
     first_traces = {id(batch): results[2 * i] for i, batch in enumerate(traced)}
-    scripts = results[2 * len(traced) : 2 * len(traced) + len(batches)]
-    return [Fenced(result != 0, first_traces.get(id(batch))) for batch, result in zip(batches, scripts, strict=True)]
+    scripts = results[2 * len(traced) : 2 * len(traced) + len(groups)]
+    owned = {
+        id(batch): bool(ok)
+        for group, oks in zip(groups, scripts, strict=True)
+        for batch, ok in zip(group, oks, strict=True)
+    }
+    return [Fenced(owned[id(batch)], first_traces.get(id(batch))) for batch in batches]
+
+
+def _by_slot(batches: Sequence[FencedBatch]) -> list[list[FencedBatch]]:
+    # One script touches one cluster hash slot: a session's keys share theirs ({session}), different sessions rarely do.
+    slots: dict[int, list[FencedBatch]] = {}
+    for batch in batches:
+        slots.setdefault(key_slot(stream_key(batch.session_key).encode()), []).append(batch)
+    return list(slots.values())
 
 
 def _flat(fields: Mapping[str, str]) -> list[str]:

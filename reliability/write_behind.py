@@ -91,6 +91,7 @@ WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 FIRST_RETRY_DELAY_SECONDS = 0.1
 MAX_RETRY_DELAY_SECONDS = 1.0
 FINAL_WRITE_SECONDS = 1.0
+DEFAULT_HEARTBEAT_SECONDS = 2.0
 ABANDONED = "the worker stopped before this run finished (Ctrl+C or SIGTERM); ask again"
 
 
@@ -123,7 +124,7 @@ class RunStreamWriter:
         flusher: StreamFlusher,
         session_key: str,
         correlation_id: str,
-        heartbeat_seconds: float = 2.0,
+        heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
     ) -> None:
         self.session_key = session_key
         self.correlation_id = correlation_id
@@ -350,6 +351,7 @@ class StreamFlusher:
         self._writers: list[RunStreamWriter] = []
         self._wakeup = asyncio.Event()
         self._wake_requested = False  # a wake-up is on its way: later entries need not send another
+        self._heartbeat_seconds = DEFAULT_HEARTBEAT_SECONDS  # the shortest of the writers', from the last check
         self._task: asyncio.Task[None] | None = None
 
     def add(self, writer: RunStreamWriter) -> None:
@@ -407,12 +409,16 @@ class StreamFlusher:
         await self.handler.aclose()
 
     async def _flush_forever(self) -> None:
+        heartbeats_due = 0.0
         while self._writers:
             await self._wait_for_work()
             self._wake_requested = False  # before taking: an entry queued after this wakes the flusher again
             now = time.monotonic()
-            for writer in self._writers:
-                writer.add_heartbeat_if_silent(now)
+            if now >= heartbeats_due:  # every writer, a few times per heartbeat interval: never per token
+                self._heartbeat_seconds = min(writer.heartbeat_seconds for writer in self._writers)
+                for writer in self._writers:
+                    writer.add_heartbeat_if_silent(now)
+                heartbeats_due = now + self._heartbeat_seconds / 4
             taken = {writer: writer.take_pending() for writer in self._writers if writer.pending}
             for writer, (entries, _) in taken.items():
                 if writer.chunks is not None:  # telemetry: the GenAI chunk metrics, a batch at a time
@@ -427,9 +433,8 @@ class StreamFlusher:
 
     async def _wait_for_work(self) -> None:
         # Wake for new entries, or in time to write a heartbeat for a silent run.
-        timeout = min(writer.heartbeat_seconds for writer in self._writers) / 2
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):  # cheaper than wait_for, which wraps the wait in a new task
+            async with asyncio.timeout(self._heartbeat_seconds / 2):  # cheaper than wait_for (no new task)
                 await self._wakeup.wait()
         self._wakeup.clear()
 
@@ -448,11 +453,11 @@ class StreamFlusher:
                 self.round_trips += 1
                 written = 0
                 for (writer, entries), (still_owner, first_trace) in zip(batch.items(), owned, strict=True):
-                    if not writer.fence_claimed:  # telemetry: a re-delivered attempt links to the run's first
+                    if not writer.fence_claimed:  # the claim: its outcome, and (telemetry) a link to the first attempt
                         telemetry.link_to_first_attempt(writer.span, first_trace)
-                    writer.fence_claimed = True
-                    if not writer.claimed.done():
-                        writer.claimed.set_result(still_owner)
+                        writer.fence_claimed = True
+                        if not writer.claimed.done():
+                            writer.claimed.set_result(still_owner)
                     if not still_owner:
                         writer.supersede()
                     else:
