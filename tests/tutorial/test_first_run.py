@@ -9,6 +9,7 @@ pace where the timing of a Ctrl+C matters.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import shutil
 import signal
@@ -281,3 +282,33 @@ def test_sigterm_stops_sample_like_ctrl_c(own_ports: dict[str, str]) -> None:
     assert sample.returncode == 143, stderr  # 128 + SIGTERM; before: killed on the spot, nothing stopped in order
     assert stderr.splitlines()[-1].startswith("[client] interrupted at cursor"), stderr
     assert "ERROR" not in stderr and "Traceback" not in stderr
+
+
+def test_a_sigint_to_uv_runs_process_group_stops_sample_quietly(own_ports: dict[str, str]) -> None:
+    """`kill -INT -<pgid>`, or `timeout`, with no terminal on stdin: `uv run` forwards the signal, so Python gets two.
+
+    The second used to break off the clean-up the first began: the private Redis and the scheduler
+    stopped while the run still wrote to them (`ERROR … Failed to deliver entity response`), and
+    sample.py then waited for ever on the run's thread.
+    """
+    uv = os.environ.get("UV") or shutil.which("uv")  # `uv run` names itself in $UV
+    if uv is None:
+        pytest.skip("uv is not on PATH")
+    env = cli_environment(DEMO_MODEL_TOKEN_DELAY_MS="", **own_ports)  # the default pace: a long answer
+    sample = subprocess.Popen(
+        [uv, "run", "--offline", "sample.py", "-m", "Plan a 7-day trip to Kyoto"], cwd=ROOT, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # a process group of its own, as a shell job or a service has
+    )  # fmt: skip
+    try:
+        assert sample.stdout is not None
+        sample.stdout.read(100)  # the answer is streaming
+        os.killpg(sample.pid, signal.SIGINT)
+        _, stderr = sample.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sample.pid, signal.SIGKILL)  # never left running, whatever happened above
+
+    assert sample.returncode == 130, stderr
+    assert stderr.splitlines()[-1].startswith("[client] interrupted at cursor"), stderr
+    assert [line for line in stderr.splitlines() if line.startswith(("ERROR", "WARNING", "Traceback"))] == [], stderr
