@@ -343,16 +343,22 @@ class StreamFlusher:
         unfinished = [writer for writer in self._writers if not writer.finished]
         for writer in unfinished:
             writer.cancel_run()
-        if abandon_reason is not None and unfinished:
+        if abandon_reason is not None:
             for writer in unfinished:
                 writer.queue_final_marker(error=abandon_reason)
-            written = [asyncio.wrap_future(writer.written) for writer in unfinished]
-            await asyncio.wait(written, timeout=FINAL_WRITE_SECONDS)  # the late ones are dropped with the task below
-        for writer in unfinished:
-            if not writer.written.done():  # its final marker was never written: its span ends here
-                _end_span(writer, "abandoned", abandon_reason or "the worker stopped")
+        # The markers queued above, and those of runs that ended just now (a run awaits its own in `finish`).
+        ending = [asyncio.wrap_future(writer.written) for writer in self._writers if writer.finished]
+        if ending:
+            await asyncio.wait(ending, timeout=FINAL_WRITE_SECONDS)  # the late ones are dropped with the task below
         if self._task is not None:
             self._task.cancel()  # no heartbeats for runs that stopped
+        for writer in self._writers:  # whatever is left is never written: its span ends here
+            _end_span(writer, "abandoned", abandon_reason or "the worker stopped")
+            if not writer.written.done():
+                # Released, so no run waits for ever on a flusher that stopped: a run whose marker was being
+                # written when the worker stopped held its work-item thread, and the process never exited.
+                writer.written.set_result(None)
+        self._writers.clear()
         await self.handler.aclose()
 
     async def _flush_forever(self) -> None:

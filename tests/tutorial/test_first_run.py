@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -233,12 +234,21 @@ def test_bad_configuration_is_rejected_before_anything_starts(own_ports: dict[st
 
 def test_a_closed_stdout_pipe_ends_quietly_like_head_expects(own_ports: dict[str, str]) -> None:
     sample = _spawn("sample.py", "-m", "Plan a 3-day trip to Tokyo", env=cli_environment(**own_ports))
-    assert sample.stdout is not None and sample.stderr is not None
-    first_lines = [sample.stdout.readline(), sample.stdout.readline()]  # `| head -2`
-    sample.stdout.close()
-    stderr = sample.stderr.read()
-    sample.wait(timeout=30)
+    # Once, it never exited (the run waited for ever on a stopped flusher: tests/reliability/test_write_behind.py)
+    # and this test waited with it, past its own limit: the process is killed first, and the test fails.
+    watchdog = threading.Timer(120, sample.kill)
+    watchdog.start()
+    try:
+        assert sample.stdout is not None and sample.stderr is not None
+        first_lines = [sample.stdout.readline(), sample.stdout.readline()]  # `| head -2`
+        sample.stdout.close()
+        stderr = sample.stderr.read()
+        sample.wait()
+    finally:
+        watchdog.cancel()
+        sample.kill()  # nothing left running, whatever happened above
 
+    assert sample.returncode != -signal.SIGKILL, f"sample.py did not exit after its stdout closed: {stderr}"
     assert first_lines[0].startswith("# Your 3-day trip to Tokyo")
     # 141 = 128 + SIGPIPE, what the shell reports for `seq 1000000 | head -1`; before: exit 1 and
     # "error: BrokenPipeError: [Errno 32] Broken pipe".
