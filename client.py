@@ -31,7 +31,7 @@ from agent_framework_durabletask import DurableAIAgent, DurableAIAgentClient
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 
 from agents import AGENT_NAME
-from cli.arguments import build_parser, messages_to_send, resume_hint, validate_arguments
+from cli.arguments import build_parser, messages_to_send, resume_hint, session_line, validate_arguments
 from cli.cancel import cancel_command
 from cli.history import history_command
 from cli.printer import ChunkPrinter
@@ -133,8 +133,7 @@ async def run_client(
             return await reattach(connections, conversation, printer)
         exit_code = EXIT_OK
         async for message in messages_to_send(args):
-            note = "continue it with --session" if conversation.resumable_elsewhere else "ends when this process exits"
-            announce("client", f"session {conversation.session_key} ({note})")
+            announce("client", session_line(conversation, continuing=args.session is not None))  # how to come back
             if (exit_code := await ask(connections, conversation, message, printer)) != EXIT_OK:
                 break
         return exit_code
