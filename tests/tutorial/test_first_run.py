@@ -194,6 +194,16 @@ def test_a_follow_up_turn_changes_the_plan_the_conversation_is_about(worker: Wor
     assert "(an easy day)" in day_2.splitlines()[0] and "late start" in day_2
 
 
+def test_sample_py_does_not_continue_a_session_that_a_running_worker_serves(worker: WorkerProcess) -> None:
+    """The README: `sample.py --session` is an error; before, with worker.py running, it joined as one more worker."""
+    result = run_cli("sample.py", "--session", "5c0f1e2d", "-m", "Make day 2 more relaxed", env=worker.env)
+
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "uv run client.py --session" in lines[0], lines
+    assert result.stdout == ""
+
+
 def test_ctrl_c_at_the_prompt_exits_at_once_saying_nothing_was_sent(
     worker: WorkerProcess, terminals: list[Terminal]
 ) -> None:
