@@ -45,7 +45,8 @@ from support.redaction import redact_url
 from support.redelivering_scheduler import LOOPBACK, RedeliveringScheduler
 from support.redis_connection import SyncRedis, explain_token_failure, parse_target, sync_client
 from support.scheduler import scheduler_problem
-from support.shutdown_signals import wait_for_shutdown_signal as wait_for_shutdown_signal  # worker.py's, here
+from support.shutdown_signals import listen_for_shutdown_signals as listen_for_shutdown_signals  # worker.py's,
+from support.shutdown_signals import wait_for_shutdown_signal as wait_for_shutdown_signal  # here with the rest
 
 Role = Literal["sample", "worker", "client"]
 
