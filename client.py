@@ -31,7 +31,7 @@ from agent_framework_durabletask import DurableAIAgent, DurableAIAgentClient
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 
 from agents import AGENT_NAME
-from cli.arguments import build_parser, messages_to_send, resume_hint, validate_arguments
+from cli.arguments import build_parser, messages_to_send, resume_hint, session_line, validate_arguments
 from cli.cancel import cancel_command
 from cli.history import history_command
 from cli.printer import ChunkPrinter
@@ -43,6 +43,7 @@ from support.console import EXIT_OK, EXIT_RUN_FAILED, announce, configure_teleme
 from support.scheduler import connect_client
 from support.services import Services, provide_services
 from support.sessions import correlation_id_of, new_session_key, session_for
+from support.shutdown_signals import run_async  # asyncio.run, where a repeated Ctrl+C changes nothing
 from support.telemetry import run_start_span
 
 
@@ -132,8 +133,7 @@ async def run_client(
             return await reattach(connections, conversation, printer)
         exit_code = EXIT_OK
         async for message in messages_to_send(args):
-            note = "continue it with --session" if conversation.resumable_elsewhere else "ends when this process exits"
-            announce("client", f"session {conversation.session_key} ({note})")
+            announce("client", session_line(conversation, continuing=args.session is not None))  # how to come back
             if (exit_code := await ask(connections, conversation, message, printer)) != EXIT_OK:
                 break
         return exit_code
@@ -151,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             configure_telemetry("client")  # when the environment asks for it: support/telemetry.py
             services = provide_services(settings, stack, role="client")  # finds what worker.py started
             if args.cancel:  # a Stop, not a disconnect: the worker ends the run (reliability/stop_watch.py)
-                return asyncio.run(cancel_command(settings, services, conversation.session_key))
+                return run_async(cancel_command(settings, services, conversation.session_key))
             if args.history:  # read only the durable record, through the scheduler: cli/history.py
                 return history_command(settings, services, conversation.session_key, as_json=args.json)
-            return asyncio.run(run_client(args, settings, services, conversation))
+            return run_async(run_client(args, settings, services, conversation))
 
     return run_entry_point(run, resume_hint=lambda: resume_hint(conversation))
 

@@ -11,7 +11,6 @@ Read next: worker.py (the writing side), then client.py (the reading side).
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from contextlib import ExitStack
 
@@ -19,7 +18,7 @@ from cli.arguments import build_parser, resume_hint, validate_arguments
 from client import Conversation, run_client
 from reliability.crash_demo import run_crash_demo
 from support.config import check_environment
-from support.console import configure_telemetry, run_entry_point, setup_logging
+from support.console import configure_telemetry, run_async, run_entry_point, setup_logging
 from support.services import provide_services
 from support.sessions import new_session_key
 from worker import start_worker
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             # 2. The worker (worker.py): the TravelPlanner as a durable entity, streaming to Redis.
             start_worker(settings, services, stack)  # the stack stops it at exit, before the services
             # 3. The client (client.py): start the run without waiting, then tail its answer.
-            return asyncio.run(run_client(args, settings, services, conversation))
+            return run_async(run_client(args, settings, services, conversation))  # asyncio.run; Ctrl+C stops
 
     return run_entry_point(run, resume_hint=lambda: resume_hint(conversation))
 

@@ -26,7 +26,12 @@ from support.config import Settings, check_environment
 from support.console import EXIT_OK, EXIT_USAGE, announce, fail, run_entry_point, setup_logging
 from support.ports import port_answers
 from support.redelivering_scheduler import LOOPBACK
-from support.services import embedded_scheduler, start_shared_redis, wait_for_shutdown_signal
+from support.services import (
+    embedded_scheduler,
+    listen_for_shutdown_signals,
+    start_shared_redis,
+    wait_for_shutdown_signal,
+)
 from support.telemetry import configure_telemetry
 
 
@@ -64,6 +69,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         start_shared_redis(settings, stack)
         stack.enter_context(embedded_scheduler(port, host))
         where = "loopback only" if host == LOOPBACK else f"{host}, WITHOUT authentication"
+        listen_for_shutdown_signals()  # from now on a signal is counted, not raised: one that follows "ready" too
         announce(
             "scheduler",
             f"in-memory Durable Task scheduler ready on port {port} ({where}); it re-delivers the runs of a "

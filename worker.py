@@ -42,7 +42,7 @@ from reliability.write_behind import ABANDONED, RunKey, RunStreamWriter, StreamF
 from support.config import Settings, check_environment
 from support.console import EXIT_OK, announce, configure_telemetry, run_entry_point, setup_logging
 from support.scheduler import scheduler_connection
-from support.services import Services, provide_services, wait_for_shutdown_signal
+from support.services import Services, listen_for_shutdown_signals, provide_services, wait_for_shutdown_signal
 
 Environ = Mapping[str, str] | None  # the model's variables: os.environ when None
 
@@ -135,6 +135,7 @@ def main() -> int:
         configure_telemetry("worker")  # when the environment asks for it: support/telemetry.py
         services = provide_services(settings, stack, role="worker")  # found, or started and announced
         start_worker(settings, services, stack, long_lived=True)
+        listen_for_shutdown_signals()  # from now on a signal is counted, not raised: one that follows "ready" too
         announce("worker", "TravelPlanner is ready; press Ctrl+C to stop")
         wait_for_shutdown_signal()
         announce("worker", "stopping")  # the stack stops the worker, then the services it started

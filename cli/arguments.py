@@ -109,6 +109,17 @@ class ReadPosition(Protocol):
     resumable_elsewhere: bool  # False when the services this process started stop with it
 
 
+def session_line(reader: ReadPosition, *, continuing: bool) -> str:
+    """The `[client] session …` status line: how to come back to this conversation, where one can.
+
+    `continuing`: the key was given (--session), so it is known already; sample.py --crash-demo
+    gives its clients one, and no one continues that conversation once the demo's services stop.
+    """
+    if not reader.resumable_elsewhere:
+        return f"session {reader.session_key} (ends when this process exits)"
+    return f"session {reader.session_key}" + ("" if continuing else " (continue it with --session)")
+
+
 def resume_hint(reader: ReadPosition, program: str = "uv run client.py") -> str:
     """What to run to pick up where this reader stopped."""
     key, cursor = reader.session_key, reader.cursor

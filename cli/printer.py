@@ -51,6 +51,8 @@ class ChunkPrinter:
         if chunk.kind == QUEUED:
             announce("client", f"waiting for a free worker: every run slot of {chunk.worker} is busy")
         if chunk.kind == RESTART:
+            if self.answer and not self.answer.endswith("\n") and not self.as_json:  # the partial answer's line
+                self._write("\n")  # ends: the new answer, and on a terminal the line below, each start a line
             self.answer, self.tools = "", ToolStatus()
             reason = f" ({chunk.error})" if chunk.error else ""
             announce("client", f"the answer restarted{reason}; what follows replaces the text above")

@@ -23,7 +23,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import cast
+from typing import TextIO, cast
 
 import redis
 
@@ -71,7 +71,7 @@ def run_crash_demo(args: argparse.Namespace) -> int:
             if victim not in pids:  # never kill a process this demo did not start
                 return fail(f"the run went to worker {victim}, not one of {pids}: stop other workers on this scheduler")
             os.kill(victim, signal.SIGKILL)
-            announce("crash-demo", f"killed worker {victim} (SIGKILL) mid-answer; the scheduler delivers it again")
+            announce_on_its_own_line(f"killed worker {victim} (SIGKILL) mid-answer; the scheduler delivers it again")
             if (exit_code := client.wait()) != EXIT_OK:
                 return exit_code
         finally:
@@ -81,6 +81,26 @@ def run_crash_demo(args: argparse.Namespace) -> int:
         if (exit_code := subprocess.run(_client_command(session, NEXT_MESSAGE), cwd=ROOT, env=env).returncode) != 0:
             return exit_code
         return check_record(services, settings.taskhub, session, correlation_id)
+
+
+def announce_on_its_own_line(message: str) -> None:
+    """A `[crash-demo]` line written while the client's answer is mid-line.
+
+    The client writes the answer to the stdout it shares with this process. Where stdout and
+    stderr are one file (a terminal, `2>&1`), a status line would continue the partial answer's
+    line: it starts a line of its own instead.
+    """
+    if _same_file(sys.stdout, sys.stderr):
+        print(file=sys.stderr)
+    announce("crash-demo", message)
+
+
+def _same_file(first: TextIO, second: TextIO) -> bool:
+    try:
+        one, other = os.fstat(first.fileno()), os.fstat(second.fileno())
+    except (OSError, ValueError):  # closed, or not a real file (a test's capture)
+        return False
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
 
 
 class WorkerProcess:

@@ -393,19 +393,23 @@ class StreamFlusher:
         unfinished = [writer for writer in self._writers if not writer.finished]
         for writer in unfinished:
             writer.cancel_run()
-        if abandon_reason is not None and unfinished:
+        if abandon_reason is not None:
             for writer in unfinished:
                 writer.queue_final_marker(error=abandon_reason)
-            written = [asyncio.wrap_future(writer.written) for writer in unfinished]
-            await asyncio.wait(written, timeout=FINAL_WRITE_SECONDS)  # the late ones are dropped with the task below
-        ending = [writer for writer in self._writers if writer.final_queued and not writer.written.done()]
-        if ending:  # final markers the scheduler's verdict released just before this stop: written first
-            await asyncio.wait([asyncio.wrap_future(writer.written) for writer in ending], timeout=FINAL_WRITE_SECONDS)
-        for writer in unfinished:
-            if not writer.written.done():  # its final marker was never written: its span ends here
-                _end_span(writer, "abandoned", abandon_reason or "the worker stopped")
+        # The markers queued above, and those of runs that ended just now: a run's own, queued when the scheduler
+        # accepted its completion (reliability/dispatch.py), or awaited in `finish` on a worker without dispatches.
+        ending = [asyncio.wrap_future(w.written) for w in self._writers if w.final_queued and not w.written.done()]
+        if ending:
+            await asyncio.wait(ending, timeout=FINAL_WRITE_SECONDS)  # the late ones are dropped with the task below
         if self._task is not None:
             self._task.cancel()  # no heartbeats for runs that stopped
+        for writer in self._writers:  # whatever is left is never written: its span ends here
+            _end_span(writer, "abandoned", abandon_reason or "the worker stopped")
+            if not writer.written.done():
+                # Released, so no run waits for ever on a flusher that stopped: a run whose marker was being
+                # written when the worker stopped held its work-item thread, and the process never exited.
+                writer.written.set_result(None)
+        self._writers.clear()
         await self.handler.aclose()
 
     async def _flush_forever(self) -> None:

@@ -10,13 +10,11 @@ single place that maps an outcome to an exit status:
 
 from __future__ import annotations
 
-import _thread
 import functools
 import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,6 +22,8 @@ import grpc
 from redis.exceptions import RedisError
 
 from support.errors import UsageError
+from support.shutdown_signals import first_stop_signal, stop_signals_interrupt
+from support.shutdown_signals import run_async as run_async  # for the entry points, with the rest
 from support.telemetry import configure_telemetry as configure_telemetry  # for every entry point, with the rest
 
 EXIT_OK = 0
@@ -57,29 +57,17 @@ def fail(message: str, exit_code: int = EXIT_USAGE) -> int:
     return exit_code
 
 
-_terminated = threading.Event()
-
-
-def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM: exactly what Ctrl+C does (asyncio cancels its task first, then KeyboardInterrupt), exit 143."""
-    _terminated.set()
-    _thread.interrupt_main(signal.SIGINT)
-
-
 def run_entry_point(body: Callable[[], int], *, resume_hint: Callable[[], str] | None = None) -> int:
     """Run an entry point's body; every way it can end becomes one line and an exit status.
 
     `resume_hint` says how a reader picks up where it stopped, after Ctrl+C or a Redis failure.
     SIGTERM stops the body like Ctrl+C does (Python's default would end the process on the spot,
-    skipping every clean-up), unless the body installs its own handler, as worker.py does.
+    skipping every clean-up), unless the body installs its own handler, as worker.py does. Only the
+    first of them interrupts: a repeat (`uv run` forwards a process group's signal, so Python gets
+    it twice) must not break off the clean-up half-way (support/shutdown_signals.py).
     """
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
-    try:
+    with stop_signals_interrupt():
         return _run(body, resume_hint)
-    finally:
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _run(body: Callable[[], int], resume_hint: Callable[[], str] | None) -> int:
@@ -93,7 +81,7 @@ def _run(body: Callable[[], int], resume_hint: Callable[[], str] | None) -> int:
     except KeyboardInterrupt:
         if resume_hint is not None:
             print(f"\n[client] {resume_hint()}", file=sys.stderr)
-        return EXIT_TERMINATED if _terminated.is_set() else EXIT_INTERRUPTED
+        return EXIT_TERMINATED if first_stop_signal() == signal.SIGTERM else EXIT_INTERRUPTED
     except grpc.RpcError as error:
         return fail(f"the scheduler failed the request: {error.code().name} {error.details()}", EXIT_RUN_FAILED)  # type: ignore[attr-defined]
     except RedisError as error:

@@ -45,7 +45,8 @@ from support.redaction import redact_url
 from support.redelivering_scheduler import LOOPBACK, RedeliveringScheduler
 from support.redis_connection import SyncRedis, explain_token_failure, parse_target, sync_client
 from support.scheduler import scheduler_problem
-from support.shutdown_signals import wait_for_shutdown_signal as wait_for_shutdown_signal  # worker.py's, here
+from support.shutdown_signals import listen_for_shutdown_signals as listen_for_shutdown_signals  # worker.py's,
+from support.shutdown_signals import wait_for_shutdown_signal as wait_for_shutdown_signal  # here with the rest
 
 Role = Literal["sample", "worker", "client"]
 
@@ -74,15 +75,22 @@ def provide_services(settings: Settings, stack: ExitStack, role: Role, *, resumi
     """Resolve (and if needed start) the scheduler and Redis for `role`.
 
     Every check comes first (the variables themselves were checked by `check_environment`): a
-    configured service that does not answer, or a session that cannot exist (`resuming` a
-    conversation with a scheduler about to start empty) fails before anything starts. Whatever
-    is started here is stopped when `stack` closes.
+    configured service that does not answer, or a session sample.py should not continue
+    (`resuming`: with a scheduler about to start empty, or one on localhost whose workers serve
+    it, where client.py is the tool) fails before anything starts. Whatever is started here is
+    stopped when `stack` closes.
     """
     redis_plan, scheduler_plan = _plan_redis(settings, role), _plan_scheduler(settings, role)
     if resuming and scheduler_plan.url is None:
         raise UsageError(
             "--session continues a conversation that a running scheduler holds, but this would start a new, "
             "empty in-memory one: run `uv run worker.py`, then `uv run client.py --session ...` (or set ENDPOINT)"
+        )
+    if resuming and settings.endpoint is None:  # found on localhost: worker.py's (or scheduler_server.py's)
+        raise UsageError(
+            f"--session continues a conversation that the scheduler on localhost:{scheduler_plan.port} holds, with "
+            "the workers already serving it: run `uv run client.py --session ...` instead (sample.py starts a "
+            "worker of its own, for a new conversation; with ENDPOINT set, it joins that scheduler's)"
         )
     for plan, component in ((redis_plan, "redis"), (scheduler_plan, "scheduler")):
         if plan.url is not None:

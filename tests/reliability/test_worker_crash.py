@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from support.ports import free_port
 from support.scheduler import connect_client
 from support.sessions import new_session_key
 from tests.conftest import ROOT, cli_environment, run_cli
+from tests.terminal import Terminal
 from tests.tutorial.test_cli import WorkerProcess
 
 
@@ -90,3 +92,26 @@ def test_the_crash_demo_shows_a_restart_then_the_complete_answer() -> None:
     assert "[crash-demo] the durable record holds the first answer once, though it was started twice" in lines[-1]
     rome, oslo = result.stdout.split("# Your 3-day trip to Rome")[-1], result.stdout.split("# Your 2-day trip to Oslo")
     assert "Day 3" in rome and "Enjoy your trip!" in rome and len(oslo) == 2
+    # The restarted answer starts a line of its own; before: "…A day-by-day plan for # Your 3-day trip to Rome".
+    assert _lines_with("# Your 3-day trip to Rome", result.stdout) == ["# Your 3-day trip to Rome"] * 2, result.stdout
+    # Its services stop with it: no "(continue it with --session)" for a conversation that cannot be continued.
+    assert "continue it with --session" not in result.stderr
+
+
+def test_on_a_terminal_the_crash_demos_lines_do_not_run_into_the_partial_answer() -> None:
+    ports = {"LOCAL_SCHEDULER_PORT": str(free_port()), "LOCAL_REDIS_PORT": str(free_port())}
+    demo = Terminal("sample.py", "--crash-demo", env=cli_environment(DEMO_MODEL_TOKEN_DELAY_MS="", **ports))
+    try:
+        assert demo.wait(timeout=150) == 0, demo.output
+    finally:
+        demo.close()
+
+    shown = re.sub(r"[^\n]*\r\x1b\[K", "", demo.output)  # what "\r" and erase-line leave on screen (the indicator)
+    # Before: "A day-by-day plan for [crash-demo] killed worker 1234 (SIGKILL) mid-answer; …"
+    assert _lines_with("[crash-demo] killed worker", shown)[0].startswith("[crash-demo] killed worker"), shown
+    assert _lines_with("[client] the answer restarted", shown)[0].startswith("[client] the answer restarted"), shown
+    assert _lines_with("# Your 3-day trip to Rome", shown) == ["# Your 3-day trip to Rome"] * 2, shown
+
+
+def _lines_with(text: str, output: str) -> list[str]:
+    return [line for line in output.splitlines() if text in line]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import redis
 from agent_framework import AgentResponseUpdate
 
 from redis_stream_response_handler import (
@@ -21,6 +22,7 @@ from reliability.run_liveness import ENDED_WITHOUT_A_MARKER
 from reliability.run_tracker import read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
 from support.ports import free_port
+from support.private_redis import PrivateRedisServer
 from tests.streams import all_entries, until_written, write_entries
 
 
@@ -216,3 +218,31 @@ async def test_a_resumed_read_starts_after_the_cursor_entry_never_at_it(redis_ur
         resumed = [c async for c in read_run(handler, conversation, cursor, "run-1")]
 
     assert [c.text for c in resumed] == ["three ", ""] and resumed[-1].kind == DONE and resumed[-1].missing == 0
+
+
+async def test_a_run_ending_as_the_worker_stops_is_never_left_waiting_for_its_marker() -> None:
+    """The run had queued its done marker and the flusher was writing it when the worker stopped.
+
+    Before, `aclose()` cancelled that write and nothing ever told the run: it waited for its marker
+    for ever, on a work-item thread the process joins at exit (sample.py, its stdout closed by
+    `| head`, sat in a futex wait until killed).
+    """
+    conversation = f"writer-{uuid.uuid4().hex}"
+    with PrivateRedisServer(free_port()) as server:  # its own: a paused Redis would hold up other tests
+        admin = redis.Redis.from_url(server.url)
+        try:
+            async with RedisStreamResponseHandler.from_url(server.url) as handler:
+                flusher = StreamFlusher(handler)
+                writer = RunStreamWriter(flusher, conversation, "run-1")
+                writer.start()
+                await until_written(handler, conversation, 1)
+                admin.execute_command("CLIENT", "PAUSE", "5000", "WRITE")  # longer than the stop waits for writes
+                finishing = asyncio.create_task(writer.finish())  # the run's last step
+                await asyncio.sleep(0)  # ... has queued its done marker, and waits until it is written
+                await flusher.aclose()
+                async with asyncio.timeout(30):  # the hang this guards against
+                    await finishing
+        finally:
+            admin.close()
+
+    assert writer.written.done()

@@ -9,11 +9,13 @@ pace where the timing of a Ctrl+C matters.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,6 +194,16 @@ def test_a_follow_up_turn_changes_the_plan_the_conversation_is_about(worker: Wor
     assert "(an easy day)" in day_2.splitlines()[0] and "late start" in day_2
 
 
+def test_sample_py_does_not_continue_a_session_that_a_running_worker_serves(worker: WorkerProcess) -> None:
+    """The README: `sample.py --session` is an error; before, with worker.py running, it joined as one more worker."""
+    result = run_cli("sample.py", "--session", "5c0f1e2d", "-m", "Make day 2 more relaxed", env=worker.env)
+
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "uv run client.py --session" in lines[0], lines
+    assert result.stdout == ""
+
+
 def test_ctrl_c_at_the_prompt_exits_at_once_saying_nothing_was_sent(
     worker: WorkerProcess, terminals: list[Terminal]
 ) -> None:
@@ -232,12 +244,21 @@ def test_bad_configuration_is_rejected_before_anything_starts(own_ports: dict[st
 
 def test_a_closed_stdout_pipe_ends_quietly_like_head_expects(own_ports: dict[str, str]) -> None:
     sample = _spawn("sample.py", "-m", "Plan a 3-day trip to Tokyo", env=cli_environment(**own_ports))
-    assert sample.stdout is not None and sample.stderr is not None
-    first_lines = [sample.stdout.readline(), sample.stdout.readline()]  # `| head -2`
-    sample.stdout.close()
-    stderr = sample.stderr.read()
-    sample.wait(timeout=30)
+    # Once, it never exited (the run waited for ever on a stopped flusher: tests/reliability/test_write_behind.py)
+    # and this test waited with it, past its own limit: the process is killed first, and the test fails.
+    watchdog = threading.Timer(120, sample.kill)
+    watchdog.start()
+    try:
+        assert sample.stdout is not None and sample.stderr is not None
+        first_lines = [sample.stdout.readline(), sample.stdout.readline()]  # `| head -2`
+        sample.stdout.close()
+        stderr = sample.stderr.read()
+        sample.wait()
+    finally:
+        watchdog.cancel()
+        sample.kill()  # nothing left running, whatever happened above
 
+    assert sample.returncode != -signal.SIGKILL, f"sample.py did not exit after its stdout closed: {stderr}"
     assert first_lines[0].startswith("# Your 3-day trip to Tokyo")
     # 141 = 128 + SIGPIPE, what the shell reports for `seq 1000000 | head -1`; before: exit 1 and
     # "error: BrokenPipeError: [Errno 32] Broken pipe".
@@ -281,3 +302,33 @@ def test_sigterm_stops_sample_like_ctrl_c(own_ports: dict[str, str]) -> None:
     assert sample.returncode == 143, stderr  # 128 + SIGTERM; before: killed on the spot, nothing stopped in order
     assert stderr.splitlines()[-1].startswith("[client] interrupted at cursor"), stderr
     assert "ERROR" not in stderr and "Traceback" not in stderr
+
+
+def test_a_sigint_to_uv_runs_process_group_stops_sample_quietly(own_ports: dict[str, str]) -> None:
+    """`kill -INT -<pgid>`, or `timeout`, with no terminal on stdin: `uv run` forwards the signal, so Python gets two.
+
+    The second used to break off the clean-up the first began: the private Redis and the scheduler
+    stopped while the run still wrote to them (`ERROR … Failed to deliver entity response`), and
+    sample.py then waited for ever on the run's thread.
+    """
+    uv = os.environ.get("UV") or shutil.which("uv")  # `uv run` names itself in $UV
+    if uv is None:
+        pytest.skip("uv is not on PATH")
+    env = cli_environment(DEMO_MODEL_TOKEN_DELAY_MS="", **own_ports)  # the default pace: a long answer
+    sample = subprocess.Popen(
+        [uv, "run", "--offline", "sample.py", "-m", "Plan a 7-day trip to Kyoto"], cwd=ROOT, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # a process group of its own, as a shell job or a service has
+    )  # fmt: skip
+    try:
+        assert sample.stdout is not None
+        sample.stdout.read(100)  # the answer is streaming
+        os.killpg(sample.pid, signal.SIGINT)
+        _, stderr = sample.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sample.pid, signal.SIGKILL)  # never left running, whatever happened above
+
+    assert sample.returncode == 130, stderr
+    assert stderr.splitlines()[-1].startswith("[client] interrupted at cursor"), stderr
+    assert [line for line in stderr.splitlines() if line.startswith(("ERROR", "WARNING", "Traceback"))] == [], stderr

@@ -8,7 +8,8 @@ dropped connection equals the answer the durable agent recorded.
     apt-get install -y chromium        # once (CI's .ci/run does it)
     uv run pytest tests/webapp/test_browser.py -q
 
-Screenshot: test-artifacts/browser.png. To refresh the README's docs/web-page.png:
+Screenshots: test-artifacts/browser.png and chat-390.png. To refresh the README's docs/web-page.png
+(the chat at a phone's width, taken by `test_the_page_is_a_chat_that_fits_a_phone`):
     UPDATE_DOCS_SCREENSHOT=1 uv run pytest tests/webapp/test_browser.py -q
 """
 
@@ -33,7 +34,7 @@ from support.ports import free_port, port_answers
 from tests.conftest import ROOT, cli_environment
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Page, Response
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -90,20 +91,30 @@ def running_web_app(**model_env: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def page_asking(url: str, message: str, **page_options: Any) -> Iterator[Page]:
-    """The web page in headless Chromium, with `message` typed and sent; the browser closes on exit."""
+def page_asking(url: str, message: str, *, refused: list[str] | None = None, **page_options: Any) -> Iterator[Page]:
+    """The web page in headless Chromium, with `message` typed and sent; the browser closes on exit.
+
+    `refused` collects every response of the page's with a 4xx or 5xx status, from the first request.
+    """
     from playwright.sync_api import sync_playwright  # imported here: only the browser tests need it
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(**page_options)
+            if refused is not None:
+                page.on("response", lambda response: _note_refusal(response, refused))
             page.goto(url)
             page.fill("#message", message)
             page.click("#send")
             yield page
         finally:
             browser.close()
+
+
+def _note_refusal(response: Response, refused: list[str]) -> None:
+    if response.status >= 400:
+        refused.append(f"{response.status} {response.url}")
 
 
 def recorded_answer(base_url: str, session: str, correlation_id: str) -> str:
@@ -124,12 +135,58 @@ def test_the_page_resumes_after_a_dropped_connection_without_losing_a_word(web_u
         session = page.locator("#session").text_content() or ""
         correlation_id = page.evaluate("run.correlationId")
         log = page.locator("#log").text_content() or ""
-        save_screenshot(page)
+        save_screenshot(page, "browser.png")
 
     assert "connection dropped after event" in log
     assert log.count("connected, resuming after") == 2  # the first connection, and the one after the drop
     assert shown == recorded_answer(web_url, session, correlation_id)
     assert "Lisbon" in shown
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+def test_the_page_is_a_chat_that_fits_a_phone(web_url: str) -> None:
+    """At 390 px: two turns stacked, Send disabled while one streams, Stop and Drop on screen, nothing refused.
+
+    Before: each turn replaced the last, Send stayed enabled (sending again hid the running answer
+    without stopping it), Stop and Drop connection were off-screen, and /favicon.ico was a 404.
+    """
+    from playwright.sync_api import expect
+
+    refused: list[str] = []
+    with page_asking(web_url, "Plan a 2-day trip to Lisbon", refused=refused, viewport=PHONE) as page:
+        page.wait_for_function("document.getElementById('raw').textContent.length > 40")
+        while_streaming = {button: page.locator(f"#{button}").is_enabled() for button in ("send", "stop", "drop")}
+        on_screen = {button: _on_screen(page, f"#{button}") for button in ("message", "send", "stop", "drop")}
+        expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=30_000)
+        first_answer = page.locator("#raw").text_content() or ""
+        first_run = page.evaluate("run.correlationId")
+
+        page.fill("#message", "Make day 2 more relaxed")
+        page.click("#send")
+        page.wait_for_function("document.getElementById('raw').textContent.length > 40")
+        page.click("#drop")  # on a phone too: the answer resumes from the last event id
+        expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=30_000)
+        turns = [turn.inner_text() for turn in page.locator("#turns .turn").all()]
+        send_after = page.locator("#send").is_enabled()
+        page_width = page.evaluate("document.documentElement.scrollWidth")
+        session = page.locator("#session").text_content() or ""
+        save_screenshot(page, "chat-390.png", for_the_readme=True)
+
+    assert while_streaming == {"send": False, "stop": True, "drop": True} and send_after
+    assert all(on_screen.values()), on_screen
+    assert page_width <= PHONE["width"]  # nothing wider than the screen: no sideways scrolling
+    assert len(turns) == 2, turns
+    assert turns[0].startswith("You: Plan a 2-day trip to Lisbon") and "Day 2" in turns[0]  # still shown
+    assert turns[1].startswith("You: Make day 2 more relaxed") and "Lisbon" in turns[1]
+    assert first_answer == recorded_answer(web_url, session, first_run)
+    assert refused == []  # the favicon among them, before
+
+
+def _on_screen(page: Page, selector: str) -> bool:
+    box = page.locator(selector).bounding_box()
+    return box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
 
 
 def test_a_failed_run_shows_its_error_and_stops_reconnecting() -> None:
@@ -182,9 +239,9 @@ def start_run(base_url: str, message: str) -> None:
         assert response.status in (200, 202)
 
 
-def save_screenshot(page: object) -> None:
-    artifact = ROOT / "test-artifacts" / "browser.png"
+def save_screenshot(page: object, name: str, *, for_the_readme: bool = False) -> None:
+    artifact = ROOT / "test-artifacts" / name
     artifact.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(artifact), full_page=True)  # type: ignore[attr-defined]
-    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):  # a test run must not rewrite tracked files on its own
+    if for_the_readme and os.environ.get("UPDATE_DOCS_SCREENSHOT"):  # a test run must not rewrite tracked files
         shutil.copyfile(artifact, ROOT / "docs" / "web-page.png")
