@@ -129,5 +129,6 @@ def resume_hint(reader: ReadPosition, program: str = "uv run client.py") -> str:
             "stop with it: run `uv run worker.py` and `uv run client.py` to try resuming across processes"
         )
     if cursor is None:
-        return f"interrupted before the first token; see the answer with: {program} --session {key}"
+        # Before the run was started (or while it was): `--session K` alone would ask again, a new turn.
+        return f"interrupted before the run started; see the conversation with: {program} --session {key} --history"
     return f"interrupted; resume with: {program} --session {key} --cursor {cursor}"

@@ -71,3 +71,9 @@ async def test_ctrl_c_between_tokens_resumes_after_the_last_entry_printed(
 
     assert exit_code == EXIT_OK and rest[-1].get("done")
     assert "".join(str(r["text"]) for r in printed + rest) == "".join(WORDS)  # no word lost, none twice
+
+
+def test_a_hint_before_the_run_started_never_asks_again() -> None:
+    # Without a cursor the run may not exist: `--session K` alone would start a new turn, so the hint shows the record.
+    hint = resume_hint(Conversation("k1"))
+    assert hint.endswith("uv run client.py --session k1 --history"), hint
