@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
@@ -109,16 +109,17 @@ async def write_fenced(
     """
     traced = [batch for batch in batches if batch.claim and batch.trace]
     groups = _by_slot(batches) if isinstance(handler.redis, RedisCluster) else [list(batches)] if batches else []
+    if len(groups) == 1 and not traced and not expire:  # the usual flush: one script call, no pipeline to build
+        return [
+            Fenced(bool(ok)) for ok in await handler.redis.eval(_FENCED_XADD, *_script_arguments(handler, groups[0]))
+        ]
     async with handler.redis.pipeline(transaction=False) as pipe:
         for batch in traced:  # read, then keep if absent, the run's first trace context: before the claim
             field = batch.correlation_id + TRACE_SUFFIX
             pipe.hget(attempts_key(batch.session_key), field)
             pipe.hsetnx(attempts_key(batch.session_key), field, batch.trace)
         for group in groups:
-            keys = [key for batch in group for key in (stream_key(batch.session_key), attempts_key(batch.session_key))]
-            runs = [[b.correlation_id, b.fence, int(b.claim), [_flat(fields) for fields in b.entries]] for b in group]
-            payload = json.dumps(runs, ensure_ascii=False, separators=(",", ":"))
-            pipe.eval(_FENCED_XADD, len(keys), *keys, handler.max_length, handler.ttl_seconds, payload)  # type: ignore[arg-type]
+            pipe.eval(_FENCED_XADD, *_script_arguments(handler, group))
         for session_key in expire:
             pipe.expire(stream_key(session_key), handler.ttl_seconds)
             pipe.expire(attempts_key(session_key), handler.ttl_seconds)
@@ -131,6 +132,14 @@ async def write_fenced(
         for batch, ok in zip(group, oks, strict=True)
     }
     return [Fenced(owned[id(batch)], first_traces.get(id(batch))) for batch in batches]
+
+
+def _script_arguments(handler: RedisStreamResponseHandler, group: Sequence[FencedBatch]) -> list[Any]:
+    """The script's key count, KEYS and ARGV for one group of runs (see `_FENCED_XADD`)."""
+    keys = [key for batch in group for key in (stream_key(batch.session_key), attempts_key(batch.session_key))]
+    runs = [[b.correlation_id, b.fence, int(b.claim), [_flat(fields) for fields in b.entries]] for b in group]
+    payload = json.dumps(runs, ensure_ascii=False, separators=(",", ":"))
+    return [len(keys), *keys, handler.max_length, handler.ttl_seconds, payload]
 
 
 def _by_slot(batches: Sequence[FencedBatch]) -> list[list[FencedBatch]]:

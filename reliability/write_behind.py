@@ -367,7 +367,10 @@ class StreamFlusher:
         """Await `work` on the flusher's loop, whose Redis client it may use (the stop watcher does)."""
         if asyncio.get_running_loop() is self.loop:
             return await work
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
+        # Shielded: a caller cancelled meanwhile (a stopping worker's stop watcher) leaves the short work to end on
+        # the flusher's loop, and its outcome, an error too, is still consumed: never "Task exception was never
+        # retrieved" when the flusher's client closes under it.
+        return await asyncio.shield(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop)))
 
     async def aclose(self, abandon_reason: str | None = ABANDONED) -> None:
         """Stop every unfinished run (its task cancelled) and close the client: a worker is stopping.

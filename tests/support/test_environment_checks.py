@@ -54,6 +54,7 @@ BAD_VALUES = {
     "DEMO_MODEL_FAIL_AFTER_TOKENS": "-1",
     "DEMO_MODEL_FAIL_STREAM_ONLY": "maybe",
     "DEMO_MODEL_FIRST_TOKEN_DELAY_MS": "1e3",
+    "DEMO_MODEL_THINK_MS": "-5",
     "DEMO_MODEL_SIGNATURE": "two words",
     "LOG_LEVEL": "bogus",
     "ENABLE_CONSOLE_EXPORTERS": "stderr",
