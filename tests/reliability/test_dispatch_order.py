@@ -1,15 +1,17 @@
 """The scheduler's order decides, not the workers' clocks: a stale delivery never wins, a stale `done` is never written.
 
 reliability/dispatch.py gives each run its delivery number and the scheduler's verdict on its
-completion. Two failures that "newest start wins" and "done when the answer ends" got wrong, staged
-with real processes (the embedded re-delivering scheduler in this test process, a real Redis, two
-`worker.py` processes, `client.py --json --verify`) and SIGSTOP, at the default idle timeout:
+completion. Two failures that "newest start wins" and "done when the answer ends" got wrong (the
+chaos run, tests/chaos, found both):
 
-- a worker handed the run freezes BEFORE its first write, the run goes to the other worker, and the
-  frozen one wakes up: its claim is the newest, but its delivery is older, so it is refused;
-- a worker frozen mid-answer wakes up after the run went to the other worker but before that one
-  wrote anything: it streams its answer to the end, but the scheduler refuses its completion, so
-  its `done` is never written and readers follow the new attempt.
+- a run a worker was handed waits in its queue for a run slot; the worker freezes, the run goes to
+  the other worker, and the frozen one wakes up and starts it: its claim is the newest, but its
+  delivery is older, so it is refused before its agent starts. Staged with real processes (the
+  embedded re-delivering scheduler in this test process, a real Redis, two `worker.py` processes,
+  `client.py --json --verify`) and SIGSTOP, at the default idle timeout;
+- a run's `done` is written only once the scheduler accepted its completion, and never when it
+  refused it: the writer against a real Redis, the verdict given by hand (the scheduler's refusal
+  of a stale completion: tests/support/test_redelivering_scheduler.py).
 
 Every worker's demo model signs its words, so a token of the wrong attempt shows.
 Run it: `uv run pytest tests/reliability/test_dispatch_order.py`
