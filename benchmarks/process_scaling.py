@@ -125,15 +125,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-async def wave(deployed: Deployment, sessions: int, starter: ThreadPoolExecutor) -> Row:
+async def wave(deployed: Deployment, sessions: int) -> Row:
     """K sessions at once, each one turn: start it (off the loop, as client.py does) and read it to the end."""
     scheduler = connect_client(deployed.scheduler_endpoint, load_settings({}).taskhub)
     agent = DurableAIAgentClient(scheduler).get_agent(AGENT_NAME)
     # One reader per session, each holding a connection while it blocks: a pool big enough for all of them.
     client = async_client(deployed.redis_url, decode_responses=True, socket_timeout=None, max_connections=sessions + 8)
     handler = RedisStreamResponseHandler(client, idle_timeout_seconds=120)
-    # start_run's blocking gRPC call goes to the loop's default executor: one thread per session, not 6.
-    asyncio.get_running_loop().set_default_executor(starter)
+    # start_run's blocking gRPC call goes to the loop's default executor: one thread per session, not 6. A pool of
+    # this wave's own: asyncio.run shuts the default executor down when the wave ends.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(sessions, thread_name_prefix="start-run"))
 
     async def turn(key: str) -> tuple[float | None, SessionRead]:
         asked = time.time()
@@ -169,10 +170,9 @@ async def wave(deployed: Deployment, sessions: int, starter: ThreadPoolExecutor)
 def measure(redis_url: str, worker_counts: Sequence[int], session_counts: Sequence[int]) -> list[Row]:
     """One deployment per worker count; one wave per session count, smallest first."""
     rows: list[Row] = []
-    with ThreadPoolExecutor(max_workers=max(session_counts), thread_name_prefix="start-run") as starter:
-        for workers in worker_counts:
-            with deployment(redis_url, workers) as deployed:
-                for sessions in session_counts:
-                    rows.append(asyncio.run(wave(deployed, sessions, starter)))
-                    print(f"[bench]   {rows[-1]}", file=sys.stderr, flush=True)
+    for workers in worker_counts:
+        with deployment(redis_url, workers) as deployed:
+            for sessions in session_counts:
+                rows.append(asyncio.run(wave(deployed, sessions)))
+                print(f"[bench]   {rows[-1]}", file=sys.stderr, flush=True)
     return rows

@@ -17,7 +17,6 @@ import asyncio
 import os
 import statistics
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.process_scaling import deployment, wave
 from support.ports import free_port
@@ -29,17 +28,14 @@ TELEMETRY_ON = {"ENABLE_INSTRUMENTATION": "true", "ENABLE_CONSOLE_EXPORTERS": "t
 def measure(redis_url: str, sessions: int, rounds: int) -> dict[str, list[int]]:
     per_token: dict[str, list[int]] = {"off": [], "on": []}
 
-    def starter() -> ThreadPoolExecutor:  # asyncio.run shuts its loop's default executor down: one per wave
-        return ThreadPoolExecutor(max_workers=sessions, thread_name_prefix="start-run")
-
     for _ in range(rounds):
         for side in ("off", "on"):
             saved = {name: os.environ.pop(name, None) for name in TELEMETRY_ON}
             os.environ.update(TELEMETRY_ON if side == "on" else {})
             try:
                 with deployment(redis_url, workers=1) as deployed:
-                    asyncio.run(wave(deployed, 2, starter()))  # warm-up: imports, first connections
-                    row = asyncio.run(wave(deployed, sessions, starter()))
+                    asyncio.run(wave(deployed, 2))  # warm-up: imports, first connections
+                    row = asyncio.run(wave(deployed, sessions))
             finally:
                 for name, value in saved.items():
                     os.environ.pop(name, None)
