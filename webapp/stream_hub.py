@@ -47,7 +47,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redis_stream_response_handler import START_OF_STREAM, StreamChunk, StreamIdleTimeoutError, stream_key
 from support.redis_connection import AsyncRedis
-from support.redis_quirks import socket_timeout_outlasting
+from support.redis_quirks import raise_if_cancel_was_swallowed, socket_timeout_outlasting
 from support.redis_reads import RedisUnreachableError
 from support.validation import entry_id_order, validate_cursor
 
@@ -61,6 +61,7 @@ POLL_SECONDS = 0.02  # Redis Cluster: how often the pipelined read runs while no
 READ_COUNT = 500  # entries per stream per read
 CATCH_UP_READS = 4  # XRANGEs of readers catching up, at once: what the hub's spare connections serve
 HUB_CONNECTIONS = CATCH_UP_READS + 2  # + the blocked XREAD + the wake-up XADD
+HUB_CLIENT_NAME = "agent-stream-hub"
 FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS = 0.1, 1.0
 RETRIED = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -153,10 +154,11 @@ class StreamHub:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.stop(ServerStoppingError("the server is stopping"))
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._wakes]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *RETRIED):
+                    await task
         with contextlib.suppress(*RETRIED):
             await self.redis.delete(self._wake_key)
         await self.redis.aclose()
@@ -210,7 +212,7 @@ class StreamHub:
 
     def _wake(self) -> None:
         """Make the XREAD in flight return, so the next one reads the new set of streams (at most one per read)."""
-        if self._wake_sent or isinstance(self.redis, RedisCluster):
+        if self._wake_sent or self.stopping is not None or isinstance(self.redis, RedisCluster):
             self._changed.set()
             return
         self._wake_sent = True
@@ -231,9 +233,7 @@ class StreamHub:
     async def _block_on_one_node(self) -> None:
         """One Redis: a single XREAD BLOCK over every stream with readers, and the wake-up key."""
         while True:
-            if not self.streams:
-                self._changed.clear()
-                await self._changed.wait()
+            await self._until_streams()
             self._changed.clear()
             self._wake_sent = False
             asking = {key: stream.position for key, stream in self.streams.items()}
@@ -247,9 +247,7 @@ class StreamHub:
     async def _poll_cluster(self) -> None:
         """Redis Cluster: every stream with readers in one non-blocking pipeline, grouped by node by redis-py."""
         while True:
-            if not self.streams:
-                self._changed.clear()
-                await self._changed.wait()
+            await self._until_streams()
             asking = {key: stream.position for key, stream in self.streams.items()}
             reply = await self._read(asking, block=False)
             for key, entries in reply:
@@ -258,6 +256,12 @@ class StreamHub:
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):  # a new stream is read at once, not after the poll
                     await asyncio.wait_for(self._changed.wait(), POLL_SECONDS)
+
+    async def _until_streams(self) -> None:
+        """Wait (reading nothing) while no stream has a reader."""
+        while not self.streams:
+            self._changed.clear()
+            await self._changed.wait()
 
     async def _read(self, asking: Mapping[str, str], *, block: bool) -> list[tuple[str, list[Entry]]]:
         """[(key, entries)] after the positions in `asking`; retries a failed read (an outage) from the same ones."""
@@ -270,6 +274,7 @@ class StreamHub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_SECONDS)
                 continue
+            raise_if_cancel_was_swallowed()  # support/redis_quirks.py, workaround 1: stopping the hub must stop it
             self._note_answer()
             return reply
 
@@ -359,4 +364,5 @@ def hub_client_options() -> dict[str, Any]:
         "socket_connect_timeout": 5,
         "socket_timeout": socket_timeout_outlasting(BLOCK_SECONDS),
         "max_connections": HUB_CONNECTIONS,
+        "client_name": HUB_CLIENT_NAME,  # CLIENT LIST shows which connections are the hub's
     }
