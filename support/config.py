@@ -106,7 +106,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             local_scheduler_port=_port(environ, "LOCAL_SCHEDULER_PORT", 8080),
             local_redis_port=_port(environ, "LOCAL_REDIS_PORT", 6379),
             log_level=_log_level(environ),
-            web_max_streams=_whole_number(environ, "WEB_MAX_STREAMS", DEFAULT_WEB_STREAMS, 1, MAX_WEB_STREAMS, "streams"),
+            web_max_streams=_whole_number(
+                environ, "WEB_MAX_STREAMS", DEFAULT_WEB_STREAMS, 1, MAX_WEB_STREAMS, "streams"
+            ),
             web_allowed_hosts=_allowed_hosts(environ),
             # A thread each: past the maximum, run more worker processes instead.
             worker_max_concurrent_runs=_whole_number(
