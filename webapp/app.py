@@ -48,7 +48,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from sse_starlette import ServerSentEvent
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -150,6 +150,7 @@ def create_app(environ: Mapping[str, str] | None = None, worker_setup: WorkerSet
             BadRequestError: bad_request,
             RedisError: redis_unavailable,
             RedisClusterException: redis_unavailable,  # "cannot be connected": not a RedisError
+            ClientDisconnect: client_gone,
             Exception: unexpected_error,  # the last resort: JSON with a status, never a bare 500 page
         },
         middleware=[Middleware(RequestGuard)],  # Host allow-list, same-origin writes, body size limit
@@ -167,6 +168,11 @@ async def redis_unavailable(request: Request, error: Exception) -> Response:
     """Redis down or unreachable while answering a request: 503, retry (whatever the request took is released)."""
     body = {"error": f"Redis is unavailable ({error}); retry shortly"}
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+async def client_gone(request: Request, error: Exception) -> Response:
+    # The client closed the connection before its request was read: nobody reads this answer, and nothing failed.
+    return JSONResponse({"error": "the client closed the connection mid-request"}, status_code=400)
 
 
 async def unexpected_error(request: Request, error: Exception) -> Response:
