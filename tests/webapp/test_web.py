@@ -31,6 +31,7 @@ from support.private_redis import PrivateRedisServer
 from support.services import Services
 from tests.streams import write_entries
 from webapp.app import WorkerSetup, create_app
+from webapp.server import uvicorn_config
 from worker import start_worker
 
 RUN = "/agents/TravelPlanner/run"
@@ -68,7 +69,7 @@ def serve(redis_url: str, worker_setup: WorkerSetup, **settings: str) -> Iterato
     environ = {"REDIS_CONNECTION_STRING": redis_url, "LOCAL_SCHEDULER_PORT": str(free_port()), **settings}
     app = create_app(environ, worker_setup)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, port, log_level="warning"))  # web.py's settings
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
