@@ -37,7 +37,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -329,7 +329,7 @@ class HubReader:
     def idle_timeout_seconds(self) -> float:
         return self.hub.idle_timeout_seconds
 
-    async def read_entries(self, session_key: str, cursor: str | None = None) -> AsyncIterator[StreamChunk]:
+    async def read_entries(self, session_key: str, cursor: str | None = None) -> AsyncGenerator[StreamChunk]:
         """Every entry after `cursor`, as it arrives, until nothing arrives for the idle timeout (as the handler's)."""
         cursor = validate_cursor(cursor) if cursor is not None else START_OF_STREAM
         reader = self.hub.subscribe(stream_key(session_key), cursor)
