@@ -6,7 +6,7 @@
     uv run --group bench python -m benchmarks --full --only cluster          # section 4b alone (~1 min)
     uv run python -m benchmarks --full --only streaming-cost   # section 7: the streaming layer's CPU/token (~1 min)
     uv run python -m benchmarks --full --only fencing-cost     # section 7b, one-off: the fence's CPU/token (~1 min)
-    uv run python -m benchmarks --only fan-out                 # section 8: 100 / 1,000 / 10,000 SSE readers (~3 min)
+    uv run python -m benchmarks --only fan-out                 # section 10: 100 / 1,000 / 10,000 SSE readers (~3 min)
 
 A private redis-server is started on a free port (and, when the binary supports
 TLS, a second one on a TLS port with a throwaway self-signed certificate), so
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=sorted(ONLY),
         help="run one section: process-scaling (6, the deployment shape), cluster (4b, on a local Redis Cluster), "
         "streaming-cost (7, worker CPU per token with and without streaming), fencing-cost (7b, fence vs plain XADD) "
-        "or fan-out (8, readers per web process through the stream hub)",
+        "or fan-out (10, readers per web process through the stream hub)",
     )
     return parser.parse_args(argv)
 
@@ -157,10 +157,10 @@ def run_process_scaling_only(mode: Mode, results: dict[str, Any]) -> None:
 
 
 def run_fan_out_only(mode: Mode, results: dict[str, Any]) -> None:
-    """Section 8 (not in --quick: each case starts web.py, and the big one opens 10,000 sockets)."""
+    """Section 10 (not in --quick: each case starts web.py, and the big one opens 10,000 sockets)."""
     with ExitStack() as stack:
         plain, _ = start_redis(stack, results)
-        with timed("8. fan-out", results["seconds_per_section"]):
+        with timed("10. fan-out", results["seconds_per_section"]):
             results["fan_out"] = fan_out.measure(plain.url)
 
 

@@ -153,12 +153,12 @@ async def wave(web: Web, redis_url: str, case: Case) -> Row:
     quiet = [new_key("fan-out-quiet") for _ in range(case.quiet_sessions)]
     plan = [(s, True) for s in active for _ in range(case.readers_per_run)]
     plan += [(s, False) for s in quiet for _ in range(case.readers_per_quiet_session)]
-    rss_before, cpu_before = web.rss_bytes(), web.cpu_seconds()
+    rss_before = web.rss_bytes()
     with Sampler(redis_url, web) as sampler:
         readers = [_start_readers(web.port, plan[n::READER_PROCESSES]) for n in range(READER_PROCESSES)]
         for reader in readers:  # each says "ready" once all its readers are streaming (or were refused)
             await asyncio.to_thread(reader.stdout.readline)  # type: ignore[union-attr]
-        started = time.time()
+        started, cpu_before = time.time(), web.cpu_seconds()  # the wave, not the readers connecting
         if case.agent_runs:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web.port}", timeout=60) as http:
                 posts = [

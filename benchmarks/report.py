@@ -98,7 +98,7 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
         ],
     ),
     "fan_out": (
-        "8. Fan-out: readers per web process through the stream hub (web.py, readers, Redis: separate processes)",
+        "10. Fan-out: readers per web process through the stream hub (web.py, readers, Redis: separate processes)",
         [
             ("readers", "readers"),
             ("runs", "live runs"),

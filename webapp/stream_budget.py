@@ -18,6 +18,7 @@ Seen at work: tests/webapp/test_web_guards.py, streams past a budget of two get 
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from sse_starlette import EventSourceResponse
@@ -87,7 +88,10 @@ def request_handler(redis_url: str, idle_timeout_seconds: float) -> RedisStreamR
 class BudgetedEventSourceResponse(EventSourceResponse):
     """An SSE response that gives its reserved stream back however it ends (done, error, disconnect)."""
 
-    def __init__(self, *args: Any, budget: StreamBudget, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, budget: StreamBudget, ping: float, **kwargs: Any) -> None:
+        # Readers that connect together (a wall of dashboards, a shared link) would send their keep-alive
+        # comments together for ever: 10,000 in one burst, holding up the tokens. 1–1.5× the interval spreads them.
+        kwargs["ping"] = ping * random.uniform(1.0, 1.5)
         # On Ctrl+C the hub ends every reader with an error event (webapp/server.py); sse-starlette,
         # which sees the stop too, lets the generator send it before cancelling what is left.
         super().__init__(*args, shutdown_grace_period=STOP_GRACE_SECONDS, **kwargs)
