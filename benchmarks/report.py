@@ -102,6 +102,7 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
         [
             ("readers", "readers"),
             ("runs", "live runs"),
+            ("written_by", "written by"),
             ("quiet_readers", "of them on quiet streams"),
             ("completed", "active completed"),
             ("identical_text_per_run", "same text per run"),
