@@ -55,8 +55,18 @@ from starlette.staticfiles import StaticFiles
 
 from agents import AGENT_NAME
 from client import start_run
-from redis_stream_response_handler import DONE, ERROR, QUEUED, RESTART, START, START_OF_STREAM, StreamChunk
+from redis_stream_response_handler import (
+    DONE,
+    ERROR,
+    QUEUED,
+    RESTART,
+    START,
+    START_OF_STREAM,
+    RedisStreamResponseHandler,
+    StreamChunk,
+)
 from reliability.conversation_record import history_messages, recorded_conversation
+from reliability.durable_record import reattach_point_exists
 from reliability.durable_record import recorded_answer as recorded
 from reliability.run_tracker import read_run
 from support.config import Settings, check_environment
@@ -223,11 +233,21 @@ async def stream_events(request: Request) -> Response:
     correlation_id = request.query_params.get("correlation_id") or None
     if correlation_id is not None and not _CORRELATION_ID.fullmatch(correlation_id):
         raise BadRequestError(f"correlation_id must be letters, digits and '-' (got {correlation_id!r})")
+    if cursor is not None:  # as client.py does: a cursor past the stream's end is a mistake to report now
+        await _check_not_past_the_end(request.app.state.handler, session_key, cursor)
     budget: StreamBudget = request.app.state.stream_budget
     if not budget.try_open():
         return too_many_streams(budget)
     events = sse_events(request.app, session_key, cursor, correlation_id)
     return BudgetedEventSourceResponse(events, ping=PING_SECONDS, budget=budget)
+
+
+async def _check_not_past_the_end(handler: RedisStreamResponseHandler, session_key: str, cursor: str) -> None:
+    """A cursor after the newest entry (from another stream, or made up) would wait the idle timeout for nothing."""
+    try:
+        await reattach_point_exists(handler, session_key, cursor)  # False (no stream): expired, or not begun; read on
+    except UsageError as error:
+        raise BadRequestError(str(error)) from None
 
 
 async def sse_events(

@@ -24,7 +24,7 @@ import redis
 import uvicorn
 from starlette.applications import Starlette
 
-from redis_stream_response_handler import DONE, RESTART, START, RedisStreamResponseHandler, entry_fields
+from redis_stream_response_handler import DONE, RESTART, START, RedisStreamResponseHandler, entry_fields, stream_key
 from support.config import Settings
 from support.ports import free_port
 from support.private_redis import PrivateRedisServer
@@ -249,9 +249,8 @@ async def disconnect_three_times(web: Server, http: httpx.AsyncClient, redis_url
             async for line in response.aiter_lines():
                 if line == "":
                     break  # the retry hint arrived: the response is streaming
-            await eventually(lambda: hub.readers == 1, "the reader joined the hub")
             await eventually(
-                lambda: blocked_readers(redis_url) == 1, f"the hub parks one XREAD ({redis_clients(redis_url)})"
+                lambda: hub.readers == 1 and stream_key(session) in hub.streams, "the reader joined the hub"
             )
             assert web.app.state.active_streams == 1
         # Leaving the block closed the connection mid-stream: the reader's subscription is released...

@@ -10,12 +10,16 @@ stream got 503. Each case below checks the answer and that the budget is whole a
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import redis
 
+from redis_stream_response_handler import stream_key
 from tests.reliability.test_redis_outage import RestartableRedis
 from tests.webapp.test_ag_ui import AG_UI, run_input
 from tests.webapp.test_web import RUN, STREAM, Server, eventually, serve
@@ -91,3 +95,17 @@ async def test_redis_down_is_a_503_with_retry_after_and_holds_no_stream() -> Non
                 ).status_code == 200
     finally:
         redis_server.stop()
+
+
+async def test_a_cursor_past_the_end_of_the_stream_is_a_400_at_once(
+    web: Server, http: httpx.AsyncClient, redis_url: str
+) -> None:
+    session = f"future-cursor-{uuid.uuid4().hex}"
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:  # one entry; the cursor: a day later
+        newest = str(client.xadd(stream_key(session), {"kind": "heartbeat", "correlation_id": "run-1"}))
+    future = f"{int(time.time() * 1000) + 86_400_000}-0"
+    refused = await http.get(f"{STREAM}/{session}", params={"cursor": future})
+    assert refused.status_code == 400 and "past the end of the stream" in refused.json()["error"]
+    assert streams_open(web) == 0
+    async with http.stream("GET", f"{STREAM}/{session}", headers={"Last-Event-ID": newest}) as resumed:
+        assert resumed.status_code == 200  # ... while the newest entry's own id is a valid place to resume
