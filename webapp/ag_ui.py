@@ -76,7 +76,7 @@ from redis_stream_response_handler import (
 from reliability.durable_record import recorded_state
 from reliability.run_tracker import EntrySource, read_run
 from support.errors import UsageError
-from support.validation import message_problem, validate_session_key
+from support.validation import entry_id_order, message_problem, validate_session_key
 from webapp.ag_ui_events import RunEvents, event_id_order, sse_frame
 from webapp.ag_ui_history import MessageIds, has_response, run_request_messages, thread_messages
 from webapp.stream_budget import BudgetedEventSourceResponse, StreamBudget, too_many_streams
@@ -145,6 +145,8 @@ async def resume_run(request: Request) -> Response:
         record = await _load_record(request.app, thread_id, run_id)
         if record.expired:
             outcome = await _recorded_outcome(request.app, record)  # before the budget: a 404 holds no stream
+        elif after is not None:
+            await _check_not_past_the_end(request.app, thread_id, after)
     except RejectedError as error:
         return JSONResponse({"error": str(error)}, status_code=error.status_code)
     budget: StreamBudget = request.app.state.stream_budget
@@ -240,6 +242,14 @@ def _checked_event_id(event_id: str) -> tuple[int, int, int]:
         return event_id_order(event_id)
     except ValueError as error:
         raise RejectedError(str(error)) from None
+
+
+async def _check_not_past_the_end(app: Starlette, thread_id: str, after: tuple[int, int, int]) -> None:
+    """A Last-Event-ID after the thread's newest entry (another thread's, or made up) would skip every event."""
+    handler: RedisStreamResponseHandler = app.state.handler
+    newest = await handler.last_entry_id(thread_id)
+    if newest != START_OF_STREAM and after[:2] > entry_id_order(newest):
+        raise RejectedError(f"Last-Event-ID is past the end of this thread's stream (newest entry: {newest})")
 
 
 def record_key(thread_id: str, run_id: str) -> str:
