@@ -6,6 +6,7 @@
     uv run --group bench python -m benchmarks --full --only cluster          # section 4b alone (~1 min)
     uv run python -m benchmarks --full --only streaming-cost   # section 7: the streaming layer's CPU/token (~1 min)
     uv run python -m benchmarks --full --only fencing-cost     # section 7b, one-off: the fence's CPU/token (~1 min)
+    uv run python -m benchmarks --only fan-out                 # section 10: 100 / 1,000 / 10,000 SSE readers (~3 min)
 
 A private redis-server is started on a free port (and, when the binary supports
 TLS, a second one on a TLS port with a throwaway self-signed certificate), so
@@ -30,6 +31,7 @@ from typing import Any
 
 from benchmarks import (
     delivery_latency,
+    fan_out,
     footprint,
     process_scaling,
     report,
@@ -70,7 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         choices=sorted(ONLY),
         help="run one section: process-scaling (6, the deployment shape), cluster (4b, on a local Redis Cluster), "
-        "streaming-cost (7, worker CPU per token with and without streaming) or fencing-cost (7b, fence vs plain XADD)",
+        "streaming-cost (7, worker CPU per token with and without streaming), fencing-cost (7b, fence vs plain XADD) "
+        "or fan-out (10, readers per web process through the stream hub)",
     )
     return parser.parse_args(argv)
 
@@ -153,6 +156,14 @@ def run_process_scaling_only(mode: Mode, results: dict[str, Any]) -> None:
             results["process_scaling"] = process_scaling.measure(plain.url, mode.process_workers, mode.process_sessions)
 
 
+def run_fan_out_only(mode: Mode, results: dict[str, Any]) -> None:
+    """Section 10 (not in --quick: each case starts web.py, and the big one opens 10,000 sockets)."""
+    with ExitStack() as stack:
+        plain, _ = start_redis(stack, results)
+        with timed("10. fan-out", results["seconds_per_section"]):
+            results["fan_out"] = fan_out.measure(plain.url)
+
+
 def run_streaming_cost(plain: RedisTarget, mode: Mode, results: dict[str, Any]) -> None:
     with timed("7. streaming cost per token", results["seconds_per_section"]):
         rows, waves = streaming_cost.measure(
@@ -218,6 +229,7 @@ def run_on_cluster(mode: Mode, results: dict[str, Any]) -> list[Row]:
 
 ONLY: dict[str, Callable[[Mode, dict[str, Any]], None]] = {
     "process-scaling": run_process_scaling_only,
+    "fan-out": run_fan_out_only,
     "cluster": run_cluster_only,
     "streaming-cost": run_streaming_cost_only,
     "fencing-cost": run_fencing_cost_only,

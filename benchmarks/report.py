@@ -97,6 +97,25 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("cpu_busy_pct", "CPU busy %"),
         ],
     ),
+    "fan_out": (
+        "10. Fan-out: readers per web process through the stream hub (web.py, readers, Redis: separate processes)",
+        [
+            ("readers", "readers"),
+            ("runs", "live runs"),
+            ("written_by", "written by"),
+            ("quiet_readers", "of them on quiet streams"),
+            ("completed", "active completed"),
+            ("identical_text_per_run", "same text per run"),
+            ("refused_503", "refused (503)"),
+            ("delivery_p50_ms", "delivery p50 ms"),
+            ("delivery_p99_ms", "delivery p99 ms"),
+            ("redis_connections_max", "Redis connections (max)"),
+            ("web_cpu_pct_of_wave", "web CPU % of a core"),
+            ("web_rss_peak_mb", "web RSS peak MB"),
+            ("web_rss_kb_per_reader", "web RSS KB/reader"),
+            ("wall_s", "wall s"),
+        ],
+    ),
     "footprint": (
         "5. Redis footprint (MEMORY USAGE … SAMPLES 0) and its bounds",
         [

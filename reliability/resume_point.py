@@ -21,6 +21,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from redis_stream_response_handler import (
     START,
@@ -33,9 +34,17 @@ from redis_stream_response_handler import (
     entry_fields,
     stream_key,
 )
+from support.redis_connection import AsyncRedis
 from support.validation import entry_id_order, validate_cursor
 
 logger = logging.getLogger(__name__)
+
+
+class StreamSource(Protocol):
+    """Where a reader looks entries up: RedisStreamResponseHandler, or the web app's hub (webapp/stream_hub.py)."""
+
+    @property
+    def redis(self) -> AsyncRedis: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ class ResumePoint:
         return self.next_sequence if correlation_id is not None and correlation_id == self.correlation_id else None
 
 
-async def resume_point(handler: RedisStreamResponseHandler, session_key: str, cursor: str | None) -> ResumePoint:
+async def resume_point(handler: StreamSource, session_key: str, cursor: str | None) -> ResumePoint:
     """Look up the entry at `cursor` (one XRANGE), and the oldest entry if that one is gone."""
     if cursor is None or cursor == START_OF_STREAM:
         return ResumePoint()

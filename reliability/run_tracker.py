@@ -14,6 +14,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Protocol
 
 from redis_stream_response_handler import (
     DONE,
@@ -32,15 +33,28 @@ from redis_stream_response_handler import (
     StreamIdleTimeoutError,
     entry_fields,
 )
-from reliability.resume_point import ResumePoint, resume_point
+from reliability.resume_point import ResumePoint, StreamSource, resume_point
 from support import telemetry
 
 # Entries numbered by the run's one sequence counter: a reader drops repeats and counts gaps among them.
 NUMBERED_KINDS = (TOKEN, TOOL_CALL, TOOL_RESULT)
 
 
+class EntrySource(StreamSource, Protocol):
+    """What `read_run` reads: RedisStreamResponseHandler (an XREAD per reader), or the web app's stream hub.
+
+    The hub (webapp/stream_hub.py) reads each stream once for all of a web process's readers, and
+    hands every reader the same raw entries this handler would: the run logic below is shared.
+    """
+
+    @property
+    def idle_timeout_seconds(self) -> float: ...
+
+    def read_entries(self, session_key: str, cursor: str | None = None) -> AsyncIterator[StreamChunk]: ...
+
+
 async def read_run(
-    handler: RedisStreamResponseHandler, session_key: str, cursor: str | None = None, correlation_id: str | None = None
+    handler: EntrySource, session_key: str, cursor: str | None = None, correlation_id: str | None = None
 ) -> AsyncIterator[StreamChunk]:
     """The chunks of ONE run after `cursor`, ending with its done or error marker.
 

@@ -39,7 +39,10 @@ DEFAULT_WORKER_DRAIN_SECONDS = 30.0
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_WEB_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
-MAX_WEB_STREAMS = 5_000  # each open stream holds a Redis connection and two file descriptors
+# Readers share the stream hub's few Redis connections (webapp/stream_hub.py): what each costs is
+# memory (docs/benchmarks.md, the fan-out section) and a socket, so the ceiling is file descriptors.
+DEFAULT_WEB_STREAMS = 10_000
+MAX_WEB_STREAMS = 50_000
 _ASCII_WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
 _ASCII_DECIMAL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?|\.[0-9]{1,9}")
 _TASKHUB = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -61,7 +64,7 @@ class Settings:
     local_scheduler_port: int
     local_redis_port: int
     log_level: str = "WARNING"
-    web_max_streams: int = 200
+    web_max_streams: int = DEFAULT_WEB_STREAMS
     web_allowed_hosts: tuple[str, ...] = DEFAULT_WEB_ALLOWED_HOSTS
     worker_max_concurrent_runs: int = DEFAULT_WORKER_MAX_CONCURRENT_RUNS
     worker_drain_seconds: float = DEFAULT_WORKER_DRAIN_SECONDS
@@ -103,7 +106,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             local_scheduler_port=_port(environ, "LOCAL_SCHEDULER_PORT", 8080),
             local_redis_port=_port(environ, "LOCAL_REDIS_PORT", 6379),
             log_level=_log_level(environ),
-            web_max_streams=_whole_number(environ, "WEB_MAX_STREAMS", 200, 1, MAX_WEB_STREAMS, "streams"),
+            web_max_streams=_whole_number(
+                environ, "WEB_MAX_STREAMS", DEFAULT_WEB_STREAMS, 1, MAX_WEB_STREAMS, "streams"
+            ),
             web_allowed_hosts=_allowed_hosts(environ),
             # A thread each: past the maximum, run more worker processes instead.
             worker_max_concurrent_runs=_whole_number(

@@ -108,28 +108,35 @@ def _unsplit(parts: SplitResult) -> str:
     return url
 
 
-def async_client(url: str, **options: Any) -> AsyncRedis:
-    """A `redis.asyncio` client for `url`: `RedisCluster` or `Redis`, with an Entra ID token if asked."""
+def async_client(url: str, *, wait_for_connection: bool = False, **options: Any) -> AsyncRedis:
+    """A `redis.asyncio` client for `url`: `RedisCluster` or `Redis`, with an Entra ID token if asked.
+
+    `wait_for_connection`: with `max_connections`, a command waits for a free connection (redis-py's
+    BlockingConnectionPool) instead of failing with MaxConnectionsError; one node only (a cluster
+    client keeps a pool per node).
+    """
     target = parse_target(url)
     if target.entra_id:
         options["credential_provider"] = entra_id_credentials()
     if target.cluster:
         return aioredis.RedisCluster.from_url(target.url, **options)
-    if target.entra_id:
-        return _async_client_renewing_tokens(target.url, options)
+    if target.entra_id or wait_for_connection:
+        return _async_client_with_pool(target.url, options, wait_for_connection)
     return aioredis.Redis.from_url(target.url, **options)
 
 
-def _async_client_renewing_tokens(url: str, options: dict[str, Any]) -> aioredis.Redis:
-    """Workaround, redis-py 8.1–8.2: `Redis.from_url` keeps `credential_provider` for the pool only.
+def _async_client_with_pool(url: str, options: dict[str, Any], wait_for_connection: bool) -> aioredis.Redis:
+    """A client on a pool built here: a BlockingConnectionPool, or an Entra ID provider that renews its token.
 
+    Workaround, redis-py 8.1–8.2: `Redis.from_url` keeps `credential_provider` for the pool only.
     The client it builds never sees the provider, so it does not subscribe to
     token renewals: connections are authenticated with the first token and the
     renewal task stops ("No registered callback for token renewal task").
     Passing the provider to the constructor, beside the pool, subscribes it.
     """
-    pool = aioredis.ConnectionPool.from_url(url, **options)
-    client = aioredis.Redis(connection_pool=pool, credential_provider=options["credential_provider"])
+    pool_class = aioredis.BlockingConnectionPool if wait_for_connection else aioredis.ConnectionPool
+    pool = pool_class.from_url(url, **options)
+    client = aioredis.Redis(connection_pool=pool, credential_provider=options.get("credential_provider"))
     client.auto_close_connection_pool = True  # as from_url does: closing the client closes its pool
     return client
 

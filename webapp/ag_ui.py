@@ -74,12 +74,13 @@ from redis_stream_response_handler import (
     RedisStreamResponseHandler,
 )
 from reliability.durable_record import recorded_state
-from reliability.run_tracker import read_run
+from reliability.run_tracker import EntrySource, read_run
 from support.errors import UsageError
-from support.validation import message_problem, validate_session_key
+from support.validation import entry_id_order, message_problem, validate_session_key
 from webapp.ag_ui_events import RunEvents, event_id_order, sse_frame
 from webapp.ag_ui_history import MessageIds, has_response, run_request_messages, thread_messages
 from webapp.stream_budget import BudgetedEventSourceResponse, StreamBudget, too_many_streams
+from webapp.stream_hub import ReaderTooSlowError, ServerStoppingError
 
 PATH = "/ag-ui/TravelPlanner"
 RUN_KEY_PREFIX = "ag-ui-run:"
@@ -127,6 +128,9 @@ async def run_agent(request: Request) -> Response:
     except RejectedError as error:
         budget.close()
         return JSONResponse({"error": str(error)}, status_code=error.status_code)
+    except BaseException:  # Redis down, the client gone, a bug: the stream was never opened, so give it back
+        budget.close()
+        raise
     return BudgetedEventSourceResponse(_frames(request.app, record, after=None), ping=PING_SECONDS, budget=budget)
 
 
@@ -141,6 +145,8 @@ async def resume_run(request: Request) -> Response:
         record = await _load_record(request.app, thread_id, run_id)
         if record.expired:
             outcome = await _recorded_outcome(request.app, record)  # before the budget: a 404 holds no stream
+        elif after is not None:
+            await _check_not_past_the_end(request.app, thread_id, after)
     except RejectedError as error:
         return JSONResponse({"error": str(error)}, status_code=error.status_code)
     budget: StreamBudget = request.app.state.stream_budget
@@ -185,6 +191,8 @@ async def _checked_input(request: Request) -> RunAgentInput:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RejectedError("the body must be JSON: an AG-UI RunAgentInput") from None
+    except RecursionError:  # json.loads of thousands of nested brackets
+        raise RejectedError("the body's JSON is nested too deeply", 400) from None
     if not isinstance(body, dict):
         raise RejectedError("the body must be a JSON object: an AG-UI RunAgentInput")
     try:
@@ -234,6 +242,14 @@ def _checked_event_id(event_id: str) -> tuple[int, int, int]:
         return event_id_order(event_id)
     except ValueError as error:
         raise RejectedError(str(error)) from None
+
+
+async def _check_not_past_the_end(app: Starlette, thread_id: str, after: tuple[int, int, int]) -> None:
+    """A Last-Event-ID after the thread's newest entry (another thread's, or made up) would skip every event."""
+    handler: RedisStreamResponseHandler = app.state.handler
+    newest = await handler.last_entry_id(thread_id)
+    if newest != START_OF_STREAM and after[:2] > entry_id_order(newest):
+        raise RejectedError(f"Last-Event-ID is past the end of this thread's stream (newest entry: {newest})")
 
 
 def record_key(thread_id: str, run_id: str) -> str:
@@ -372,9 +388,10 @@ async def _frames(
     When the client disconnects, sse-starlette cancels this generator while it waits in XREAD
     BLOCK; the run goes on in the worker, and a resume picks it up where this one stopped.
     """
-    handler: RedisStreamResponseHandler = app.state.readers  # the pool the stream budget sizes
+    handler: EntrySource = app.state.readers  # the stream hub (webapp/stream_hub.py)
     events = RunEvents(thread_id=record.thread_id, run_id=record.run_id)
     app.state.active_streams += 1
+    last_sent = None
     try:
         if retry:
             yield f"retry: {RETRY_MILLISECONDS}\n\n".encode()
@@ -389,6 +406,11 @@ async def _frames(
                 await _note_outcome(app, record, chunk.kind)
             for event_id, event in events.events_for(chunk, final):
                 if after is None or event_id_order(event_id) > after:
+                    last_sent = event_id
                     yield sse_frame(event_id, event)
+    except (ReaderTooSlowError, ServerStoppingError) as error:
+        # Not the run's failure: the client resumes (GET .../runs/{runId} with Last-Event-ID) and loses nothing.
+        resume = f"resume with Last-Event-ID: {last_sent}" if last_sent else "resume from the start"
+        yield sse_frame(None, RunErrorEvent(message=f"{error}; {resume}", code=type(error).__name__))
     finally:
         app.state.active_streams -= 1

@@ -44,19 +44,29 @@ import grpc
 from agent_framework import AgentResponse
 from agent_framework_durabletask import DurableAIAgentClient
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sse_starlette import ServerSentEvent
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from agents import AGENT_NAME
 from client import start_run
-from redis_stream_response_handler import DONE, ERROR, QUEUED, RESTART, START, RedisStreamResponseHandler, StreamChunk
+from redis_stream_response_handler import (
+    DONE,
+    ERROR,
+    QUEUED,
+    RESTART,
+    START,
+    START_OF_STREAM,
+    RedisStreamResponseHandler,
+    StreamChunk,
+)
 from reliability.conversation_record import history_messages, recorded_conversation
+from reliability.durable_record import reattach_point_exists
 from reliability.durable_record import recorded_answer as recorded
 from reliability.run_tracker import read_run
 from support.config import Settings, check_environment
@@ -69,7 +79,15 @@ from webapp import ag_ui
 from webapp.activity_events import activity_event
 from webapp.cancel import cancel_run
 from webapp.guards import RequestGuard
-from webapp.stream_budget import BudgetedEventSourceResponse, StreamBudget, reader_handler, too_many_streams
+from webapp.stream_budget import (
+    RETRY_AFTER_SECONDS,
+    BudgetedEventSourceResponse,
+    StreamBudget,
+    request_handler,
+    stream_hub,
+    too_many_streams,
+)
+from webapp.stream_hub import HubReader, ReaderTooSlowError, ServerStoppingError
 from worker import start_worker
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -77,6 +95,7 @@ RETRY_MILLISECONDS = 1000  # how soon a browser's EventSource reconnects after a
 PING_SECONDS = 10  # keep-alive comment while no entry arrives, so proxies keep the connection open
 RECORD_WAIT_SECONDS = 5.0  # how long GET /answer waits for the record to appear
 RECORD_POLL_SECONDS = 0.1
+START_THREADS = 64  # runs being started at once (each a short gRPC call); more wait for a thread
 _CORRELATION_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 
 WorkerSetup = Callable[[Settings, Services, ExitStack], object]  # worker.start_worker, or a test's
@@ -106,18 +125,19 @@ def create_app(environ: Mapping[str, str] | None = None, worker_setup: WorkerSet
                 app.state.startup_error = str(error)  # main() reports it as one `error:` line
                 raise
             app.state.settings = settings
-            app.state.stream_budget = budget = StreamBudget(settings.web_max_streams)
-            # Readers get a pool of their own (webapp/stream_budget.py); starting runs never waits for one.
-            readers = reader_handler(services.redis_url, budget, settings.idle_timeout_seconds)
+            app.state.stream_budget = StreamBudget(settings.web_max_streams)
             # The durable record is polled on threads of its own, so /answer never holds up /run's.
             app.state.record_threads = stack.enter_context(ThreadPoolExecutor(4, thread_name_prefix="record"))
+            # Starting a run is a blocking gRPC call on the loop's default executor (client.start_run):
+            # its default 6 threads (2 cores) queued 100 simultaneous POST /run behind each other.
+            starts = stack.enter_context(ThreadPoolExecutor(START_THREADS, thread_name_prefix="start"))
+            asyncio.get_running_loop().set_default_executor(starts)
             async with (
-                readers,
-                RedisStreamResponseHandler.from_url(
-                    services.redis_url, idle_timeout_seconds=settings.idle_timeout_seconds
-                ) as handler,
+                stream_hub(services.redis_url, settings.idle_timeout_seconds) as hub,
+                request_handler(services.redis_url, settings.idle_timeout_seconds) as handler,
             ):
-                app.state.handler, app.state.readers = handler, readers
+                # Every reader goes through the hub (webapp/stream_hub.py): a few Redis connections in all.
+                app.state.hub, app.state.handler, app.state.readers = hub, handler, HubReader(hub)
                 app.state.client = connect_client(services.scheduler_endpoint, settings.taskhub)
                 app.state.agent = DurableAIAgentClient(app.state.client).get_agent(AGENT_NAME)
                 app.state.active_streams = 0  # open SSE responses; tests check disconnects bring it back to 0
@@ -136,7 +156,13 @@ def create_app(environ: Mapping[str, str] | None = None, worker_setup: WorkerSet
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={BadRequestError: bad_request},
+        exception_handlers={
+            BadRequestError: bad_request,
+            RedisError: redis_unavailable,
+            RedisClusterException: redis_unavailable,  # "cannot be connected": not a RedisError
+            ClientDisconnect: client_gone,
+            Exception: unexpected_error,  # the last resort: JSON with a status, never a bare 500 page
+        },
         middleware=[Middleware(RequestGuard)],  # Host allow-list, same-origin writes, body size limit
     )
     app.state.startup_error = None
@@ -146,6 +172,22 @@ def create_app(environ: Mapping[str, str] | None = None, worker_setup: WorkerSet
 async def bad_request(request: Request, error: Exception) -> Response:
     status = error.status_code if isinstance(error, BadRequestError) else 400
     return JSONResponse({"error": str(error)}, status_code=status)
+
+
+async def redis_unavailable(request: Request, error: Exception) -> Response:
+    """Redis down or unreachable while answering a request: 503, retry (whatever the request took is released)."""
+    body = {"error": f"Redis is unavailable ({error}); retry shortly"}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+async def client_gone(request: Request, error: Exception) -> Response:
+    # The client closed the connection before its request was read: nobody reads this answer, and nothing failed.
+    return JSONResponse({"error": "the client closed the connection mid-request"}, status_code=400)
+
+
+async def unexpected_error(request: Request, error: Exception) -> Response:
+    # Starlette logs the traceback (ServerErrorMiddleware); the client gets JSON it can parse.
+    return JSONResponse({"error": f"the server failed unexpectedly ({type(error).__name__})"}, status_code=500)
 
 
 async def index(request: Request) -> Response:
@@ -170,6 +212,8 @@ async def _run_request(request: Request) -> tuple[str, str]:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadRequestError('the body must be JSON: {"message": "...", "session": optional}') from None
+    except RecursionError:  # json.loads of thousands of nested brackets
+        raise BadRequestError("the body's JSON is nested too deeply") from None
     if not isinstance(body, dict) or not isinstance(body.get("message"), str):
         raise BadRequestError('the body must be a JSON object with a "message" string')
     session = body.get("session")
@@ -189,6 +233,8 @@ async def stream_events(request: Request) -> Response:
     correlation_id = request.query_params.get("correlation_id") or None
     if correlation_id is not None and not _CORRELATION_ID.fullmatch(correlation_id):
         raise BadRequestError(f"correlation_id must be letters, digits and '-' (got {correlation_id!r})")
+    if cursor is not None:  # as client.py does: a cursor past the stream's end is a mistake to report now
+        await _check_not_past_the_end(request.app.state.handler, session_key, cursor)
     budget: StreamBudget = request.app.state.stream_budget
     if not budget.try_open():
         return too_many_streams(budget)
@@ -196,24 +242,37 @@ async def stream_events(request: Request) -> Response:
     return BudgetedEventSourceResponse(events, ping=PING_SECONDS, budget=budget)
 
 
+async def _check_not_past_the_end(handler: RedisStreamResponseHandler, session_key: str, cursor: str) -> None:
+    """A cursor after the newest entry (from another stream, or made up) would wait the idle timeout for nothing."""
+    try:
+        await reattach_point_exists(handler, session_key, cursor)  # False (no stream): expired, or not begun; read on
+    except UsageError as error:
+        raise BadRequestError(str(error)) from None
+
+
 async def sse_events(
     app: Starlette, session_key: str, cursor: str | None, correlation_id: str | None
 ) -> AsyncIterator[ServerSentEvent]:
     """One SSE event per chunk of the run, ending after its done or error event.
 
-    When the client disconnects, sse-starlette cancels this generator while it
-    waits in XREAD BLOCK; the cancellation ends the Redis read, and `finally`
-    records that the stream is gone.
+    The entries come from the stream hub (webapp/stream_hub.py). When the client disconnects,
+    sse-starlette cancels this generator; `read_run` leaves the hub, and `finally` records that
+    the stream is gone. A reader the hub cuts off (too slow, or the server stopping) gets an error
+    event whose id is the last one it received: its `Last-Event-ID` resumes it losing nothing.
     """
-    handler: RedisStreamResponseHandler = app.state.readers
+    handler: HubReader = app.state.readers
     app.state.active_streams += 1
+    last_sent = cursor or START_OF_STREAM
     try:
         # No data, so no event for the page: just the reconnect delay, sent at once.
         yield ServerSentEvent(comment="streaming", retry=RETRY_MILLISECONDS)
         async for chunk in read_run(handler, session_key, cursor, correlation_id):
             event = to_event(chunk)
             if event is not None:
+                last_sent = event.id or last_sent
                 yield event
+    except (ReaderTooSlowError, ServerStoppingError) as error:
+        yield ServerSentEvent(f"{error}; resume after {last_sent}", event="error", id=last_sent)
     except RedisError as error:  # an error event the page shows, not an aborted response it reconnects to
         yield ServerSentEvent(f"Redis failed while streaming ({error}); reload to resume", event="error")
     finally:

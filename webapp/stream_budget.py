@@ -1,11 +1,14 @@
-"""A budget of open SSE streams: each holds one Redis connection, and past the budget the app says 503.
+"""A budget of open streams (SSE and AG-UI readers), and the Redis clients the web app reads and writes with.
 
-Every SSE reader parks one `XREAD BLOCK` on its own Redis connection for as long as its stream is
-open. Before this budget the readers shared redis-py's default pool (100 connections) with the rest
-of the app: at 300 open streams `POST /run` failed with 500 and 200 streams died with
-`MaxConnectionsError`. Now the readers get their own pool of WEB_MAX_STREAMS connections (default
-200), the requests that start runs keep theirs, and a stream asked for past the budget is refused
-at once with 503 and `Retry-After`, which a browser's EventSource or a script can act on.
+Readers hold no Redis connection of their own: the stream hub (webapp/stream_hub.py) reads every
+live stream once and fans its entries out. What a reader costs is memory (its buffer, its
+generator, the response, two file descriptors), so WEB_MAX_STREAMS caps readers by memory
+(default 10,000: docs/benchmarks.md, the fan-out section, measures the bytes per reader). A
+stream asked for past the budget is refused at once with 503 and `Retry-After`, which a
+browser's EventSource or a script can act on.
+
+Every path that reserves a stream gives it back however the request ends: done, error, the
+client gone, or an exception before the response began (`reserved_stream`).
 
 With telemetry on (support/telemetry.py): `agent_stream.readers.connected` (streams open now) and
 `agent_stream.streams.refused` (the 503s).
@@ -15,6 +18,7 @@ Seen at work: tests/webapp/test_web_guards.py, streams past a budget of two get 
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from sse_starlette import EventSourceResponse
@@ -25,8 +29,11 @@ from redis_stream_response_handler import RedisStreamResponseHandler
 from support import telemetry
 from support.redis_connection import async_client
 from support.redis_quirks import socket_timeout_outlasting
+from webapp.stream_hub import StreamHub, hub_client_options
 
 RETRY_AFTER_SECONDS = 5
+STOP_GRACE_SECONDS = 0.5  # less than uvicorn's timeout_graceful_shutdown (webapp/server.py)
+REQUEST_CONNECTIONS = 16  # the requests' own pool (starting runs, AG-UI records): they wait for one past this
 
 
 class StreamBudget:
@@ -59,14 +66,21 @@ def too_many_streams(budget: StreamBudget) -> JSONResponse:
     )
 
 
-def reader_handler(redis_url: str, budget: StreamBudget, idle_timeout_seconds: float) -> RedisStreamResponseHandler:
-    """A stream handler whose pool has exactly one connection per stream the budget allows."""
+def stream_hub(redis_url: str, idle_timeout_seconds: float) -> StreamHub:
+    """The hub every reader of this web process goes through, on a client of HUB_CONNECTIONS connections."""
+    client = async_client(redis_url, wait_for_connection=True, **hub_client_options())
+    return StreamHub(client, idle_timeout_seconds)
+
+
+def request_handler(redis_url: str, idle_timeout_seconds: float) -> RedisStreamResponseHandler:
+    """The handler requests use (cursors, AG-UI run records): a bounded pool, so a burst of them waits, not fails."""
     client = async_client(  # Redis or RedisCluster, with Entra ID if configured (support/redis_connection.py)
         redis_url,
+        wait_for_connection=True,
         decode_responses=True,
         socket_connect_timeout=5,
         socket_timeout=socket_timeout_outlasting(idle_timeout_seconds),
-        max_connections=budget.limit,
+        max_connections=REQUEST_CONNECTIONS,
     )
     return RedisStreamResponseHandler(client, idle_timeout_seconds=idle_timeout_seconds)
 
@@ -74,8 +88,13 @@ def reader_handler(redis_url: str, budget: StreamBudget, idle_timeout_seconds: f
 class BudgetedEventSourceResponse(EventSourceResponse):
     """An SSE response that gives its reserved stream back however it ends (done, error, disconnect)."""
 
-    def __init__(self, *args: Any, budget: StreamBudget, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, budget: StreamBudget, ping: float, **kwargs: Any) -> None:
+        # Readers that connect together (a wall of dashboards, a shared link) would send their keep-alive
+        # comments together for ever: 10,000 in one burst, holding up the tokens. 1–1.5× the interval spreads them.
+        kwargs["ping"] = ping * random.uniform(1.0, 1.5)
+        # On Ctrl+C the hub ends every reader with an error event (webapp/server.py); sse-starlette,
+        # which sees the stop too, lets the generator send it before cancelling what is left.
+        super().__init__(*args, shutdown_grace_period=STOP_GRACE_SECONDS, **kwargs)
         self._budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -15,11 +15,12 @@ from collections.abc import Iterator
 import pytest
 
 from redis_stream_response_handler import DONE, ERROR, START, TOKEN, RedisStreamResponseHandler, StreamChunk, stream_key
-from reliability.run_tracker import read_run
+from reliability.run_tracker import EntrySource, read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
-from support.redis_connection import sync_client
+from support.redis_connection import async_client, sync_client
 from tests.conftest import cli_environment, run_cli
 from tests.support.redis_cluster import LocalRedisCluster, cluster_binaries, local_redis_cluster
+from webapp.stream_hub import HubReader, StreamHub, hub_client_options
 
 pytestmark = pytest.mark.skipif(cluster_binaries() is None, reason="needs redis-server and redis-cli (redis-tools)")
 
@@ -39,7 +40,7 @@ def sessions_on_different_nodes(cluster: LocalRedisCluster, count: int) -> list[
     return list(found.values())
 
 
-async def read_all(handler: RedisStreamResponseHandler, session: str) -> list[StreamChunk]:
+async def read_all(handler: EntrySource, session: str) -> list[StreamChunk]:
     return [chunk async for chunk in read_run(handler, session, correlation_id="run-1")]
 
 
@@ -117,3 +118,35 @@ async def test_a_hundred_readers_blocked_at_once_each_end_with_the_idle_message(
 async def _last_chunk(handler: RedisStreamResponseHandler, session: str) -> StreamChunk:
     chunks = [chunk async for chunk in read_run(handler, session, correlation_id="run-1")]
     return chunks[-1]
+
+
+async def test_the_web_apps_stream_hub_serves_readers_on_every_node_across_a_node_restart(
+    cluster: LocalRedisCluster,
+) -> None:
+    """The hub (webapp/stream_hub.py) reads every stream of the cluster in one pipeline, grouped by node by redis-py."""
+    sessions = sessions_on_different_nodes(cluster, 3)
+    restarted = sessions[0]
+    hub_client = async_client(cluster.url, **hub_client_options())
+    async with (
+        RedisStreamResponseHandler.from_url(cluster.url, ttl_seconds=300) as writer_side,
+        StreamHub(hub_client, idle_timeout_seconds=15) as hub,
+    ):
+        readers = [asyncio.ensure_future(read_all(HubReader(hub), s)) for s in sessions for _ in range(10)]
+        flusher = StreamFlusher(writer_side)
+        writers = {session: RunStreamWriter(flusher, session, "run-1") for session in sessions}
+        for writer in writers.values():
+            writer.start()
+            writer.append_token("before ")
+        await asyncio.sleep(0.3)
+        cluster.restart(cluster.node_for(stream_key(restarted)))  # its data is gone with it
+        writers[restarted].restart_with("after the restart", reason="the node restarted")
+        for session, writer in writers.items():
+            if session != restarted:
+                writer.append_token("and on")
+            await writer.finish()
+        chunks = await asyncio.gather(*readers)
+
+    texts = ["".join(c.text for c in run if c.kind == TOKEN) for run in chunks]
+    assert all(run[-1].kind == DONE for run in chunks)
+    assert all(text.endswith("after the restart") for text in texts[:10])
+    assert texts[10:] == ["before and on"] * 20

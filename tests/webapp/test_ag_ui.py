@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -376,6 +377,9 @@ async def test_a_repeated_run_id_is_a_409_and_unknown_runs_and_bad_ids_are_refus
     assert unknown.status_code == 404
     bad_id = await http.get(f"{AG_UI}/{thread_id}/runs/{run_id}", headers={"Last-Event-ID": "1-2-3"})
     assert bad_id.status_code == 422 and "Last-Event-ID" in bad_id.json()["error"]
+    future = f"{int(time.time() * 1000) + 86_400_000}-0.0"  # a day after the thread's newest entry
+    past_the_end = await http.get(f"{AG_UI}/{thread_id}/runs/{run_id}", headers={"Last-Event-ID": future})
+    assert past_the_end.status_code == 422 and "past the end" in past_the_end.json()["error"]  # not 200 and silence
 
 
 async def connect(http: httpx.AsyncClient, thread_id: str) -> list:

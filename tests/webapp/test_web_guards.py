@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -189,3 +191,30 @@ async def test_input_that_only_an_unanchored_or_unicode_pattern_accepts_is_a_400
 ) -> None:
     response = await http.request(method, path, json=body)
     assert response.status_code == 400, response.text
+
+
+class _MeetingAgent:
+    """The app's agent, whose `run` first waits until `parties` runs are being started at the same moment."""
+
+    def __init__(self, agent: Any, parties: int) -> None:
+        self.agent, self.barrier = agent, threading.Barrier(parties, timeout=30)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        self.barrier.wait()  # BrokenBarrierError (a 500) if the others are queued behind a full pool
+        return self.agent.run(*args, **kwargs)
+
+
+async def test_forty_runs_start_at_the_same_time_not_behind_the_default_thread_pool(
+    web: Server, http: httpx.AsyncClient
+) -> None:
+    # Starting a run is a blocking gRPC call on a thread. The loop's default pool has min(32, CPUs + 4)
+    # threads (6 on 2 cores): forty simultaneous starts could never all be under way at once.
+    agent = web.app.state.agent
+    web.app.state.agent = _MeetingAgent(agent, parties=40)
+    try:
+        started = await asyncio.gather(
+            *(http.post(RUN, json={"message": f"Plan a {n % 5 + 1}-day trip to Oslo"}) for n in range(40))
+        )
+    finally:
+        web.app.state.agent = agent
+    assert [response.status_code for response in started] == [202] * 40
