@@ -135,9 +135,7 @@ class RunStreamWriter:
         self.pending: list[dict[str, str]] = []  # guarded by _pending_lock: the flusher may be on another thread
         self.last_activity = time.monotonic()
         self.last_expire = float("-inf")
-        self.finished = (
-            False  # the final marker is queued (or held): nothing more is accepted (set under _pending_lock)
-        )
+        self.finished = False  # the final marker is queued or held: nothing more is accepted (under _pending_lock)
         self.final_queued = False  # ... and it is among the pending entries, for the flusher to write
         # The scheduler's delivery of this run (reliability/dispatch.py), if the worker tracks them: its number
         # is the fence, and the run's own final marker is held until the scheduler accepts the run's completion.
