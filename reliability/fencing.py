@@ -18,6 +18,7 @@ all of them; a cluster: those of one hash slot), and its runs and entries travel
 argument that Lua's `cjson` unpacks: redis-py encodes each argument of a command in Python, and
 an entry's dozen fields as separate arguments were the largest part of a token's cost
 (docs/benchmarks.md, section 7).
+
 An attempt's first write CLAIMS the run; every later write of any attempt first checks it still
 owns the run, and writes nothing if not. The writer that is refused learns it was superseded and
 stops its run (write_behind.py). Which claim wins:
