@@ -354,6 +354,8 @@ class HubReader:
             raise StreamIdleTimeoutError(reader.cursor) from None
         # Entries the reader already has (the hub started below its cursor): an XREAD after it never returns them.
         newer = entry_id_order(reader.cursor)
+        if not entries or entry_id_order(entries[0][0]) > newer:  # the usual case, checked once: entries come in order
+            return entries
         return [entry for entry in entries if entry_id_order(entry[0]) > newer]
 
 
