@@ -21,6 +21,7 @@ _COST_COLUMNS = [
     ("worker_cpu_us_per_token_min", "min"),
     ("worker_cpu_us_per_token_max", "max"),
     ("redis_cpu_us_per_token", "Redis CPU µs/token"),
+    ("tokens_per_script_call", "tokens per write (script call)"),
     ("wall_s", "wall s"),
 ]
 

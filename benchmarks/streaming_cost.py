@@ -90,6 +90,7 @@ class WaveCost:
     sessions: int
     wall_s: float
     load_1min: float  # the machine's load average as the wave ended: how busy the other tenants were
+    script_calls: int  # the fenced write's script calls (EVAL) over the wave: the worker's write round trips
 
     @property
     def worker_us_per_token(self) -> float:
@@ -120,12 +121,14 @@ class Target:
 
         keys = [new_key("cost") for _ in range(sessions)]
         worker_before, redis_before = self.deployed.worker_cpu_seconds(), await self._redis_cpu_seconds()
+        calls_before = await self._script_calls()
         started = time.time()
         reads = await asyncio.gather(*(turn(key) for key in keys))
         wall = time.time() - started
         await _settle(self.deployed)  # the runs' wrap-up after their done markers is theirs too
         worker_cpu = self.deployed.worker_cpu_seconds() - worker_before
         redis_cpu = await self._redis_cpu_seconds() - redis_before
+        script_calls = await self._script_calls() - calls_before
         await self._check(keys, reads)
         return WaveCost(
             worker_cpu_s=worker_cpu,
@@ -135,6 +138,7 @@ class Target:
             sessions=sessions,
             wall_s=wall,
             load_1min=os.getloadavg()[0],
+            script_calls=script_calls,
         )
 
     async def aclose(self) -> None:
@@ -143,6 +147,10 @@ class Target:
     async def _redis_cpu_seconds(self) -> float:
         cpu = await self.handler.redis.info("cpu")
         return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+    async def _script_calls(self) -> int:
+        stats = await self.handler.redis.info("commandstats")
+        return int(stats.get("cmdstat_eval", {}).get("calls", 0))
 
     async def _check(self, keys: Sequence[str], reads: Sequence[SessionRead]) -> None:
         """The variant did what it says, or its figures mean nothing: fail loudly (CI runs this)."""
@@ -191,7 +199,8 @@ async def _run_waves(
                     cost = await targets[index].wave(sessions)
                     costs[index].append(cost)
                     per_token = (
-                        f"{cost.worker_us_per_token:.0f} µs/token (worker), {cost.redis_us_per_token:.0f} (Redis)"
+                        f"{cost.worker_us_per_token:.0f} µs/token (worker), {cost.redis_us_per_token:.0f} (Redis), "
+                        f"{cost.model_tokens / max(cost.script_calls, 1):.1f} tokens per script call"
                     )
                     print(f"[bench]   {targets[index].variant.label}: {per_token}", file=sys.stderr, flush=True)
         finally:
@@ -237,6 +246,7 @@ def _variant_row(variant: Variant, waves: Sequence[WaveCost]) -> Row:
         "worker_cpu_us_per_token_min": round(min(worker), 1),
         "worker_cpu_us_per_token_max": round(max(worker), 1),
         "redis_cpu_us_per_token": round(statistics.median(wave.redis_us_per_token for wave in waves), 1),
+        "tokens_per_script_call": round(statistics.median(w.model_tokens / max(w.script_calls, 1) for w in waves), 1),
         "wall_s": round(statistics.median(wave.wall_s for wave in waves), 2),
     }
 
@@ -262,5 +272,6 @@ def _wave_fields(cost: WaveCost) -> Row:
         "model_tokens": cost.model_tokens,
         "tokens_read": cost.tokens_read,
         "wall_s": round(cost.wall_s, 2),
+        "script_calls": cost.script_calls,
         "load_1min": round(cost.load_1min, 2),
     }

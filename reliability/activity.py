@@ -99,6 +99,13 @@ class RunActivity:
         self._written: set[str] = set()  # fragment keys of calls already written
         self._names: dict[str, str] = {}  # call id -> tool name, for the results
 
+    def only_text(self, update: AgentResponseUpdate) -> str | None:
+        """The update's text when that is all it holds and no call is open: most updates, so `entries`' fast path."""
+        contents = update.contents
+        if len(contents) == 1 and contents[0].type == "text" and not self._open:
+            return contents[0].text or ""
+        return None
+
     def entries(self, update: AgentResponseUpdate) -> Iterator[tuple[str, dict[str, str]]]:
         """The entries for one update: text as tokens, function calls and results as tool entries."""
         text = ""

@@ -39,9 +39,9 @@ a re-delivered attempt learns the first one's span and links to it.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from redis.asyncio.cluster import RedisCluster
@@ -52,13 +52,16 @@ from redis_stream_response_handler import RedisStreamResponseHandler, stream_key
 ATTEMPTS_SUFFIX = ":attempts"
 TRACE_SUFFIX = ":trace"  # the attempts hash's field for a run's first traceparent: `{correlation id}:trace`
 
-# KEYS: each run's stream and attempts hash, in turn. ARGV: MAXLEN, TTL seconds, then the runs as ONE JSON
-# argument, in KEYS' order: [[correlation id, fence token, 1 to claim else 0, [[field, value, ...], ...]], ...].
-# Returns each run's 1 (written) or 0 (refused: another attempt owns the run).
+# KEYS: each run's stream and attempts hash, in turn. ARGV: MAXLEN, TTL seconds, then ONE JSON argument:
+# [shapes, runs]. A shape is an entry's field names, in order ([["kind", "text", ...], ...]); the runs, in KEYS'
+# order: [[correlation id, fence token, 1 to claim else 0, [[shape number, value, value, ...], ...]], ...]: the
+# names travel once per flush, not once per entry. Returns each run's 1 (written) or 0 (refused: another attempt
+# owns the run).
 _FENCED_XADD = """
 local function delivery(fence) return tonumber(string.match(fence, '^dispatch:(%d+)$')) end
-local owned = {}
-for r, run in ipairs(cjson.decode(ARGV[3])) do
+local payload, owned = cjson.decode(ARGV[3]), {}
+local shapes = payload[1]
+for r, run in ipairs(payload[2]) do
   local stream, attempts, id, fence, claim, entries = KEYS[2 * r - 1], KEYS[2 * r], run[1], run[2], run[3], run[4]
   local owner, ok = redis.call('HGET', attempts, id), true
   if owner ~= fence then
@@ -70,7 +73,11 @@ for r, run in ipairs(cjson.decode(ARGV[3])) do
     end
   end
   if ok then
-    for _, fields in ipairs(entries) do
+    for _, entry in ipairs(entries) do
+      local fields = {}
+      for i, name in ipairs(shapes[entry[1]]) do
+        fields[2 * i - 1], fields[2 * i] = name, entry[i + 1]
+      end
       redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
     end
   end
@@ -84,8 +91,13 @@ def attempts_key(session_key: str) -> str:
     return stream_key(session_key) + ATTEMPTS_SUFFIX
 
 
-@dataclass(frozen=True)
-class FencedBatch:
+@functools.lru_cache(maxsize=4096)
+def _script_keys(session_key: str) -> tuple[bytes, bytes]:
+    # A run's two keys, checked and encoded once, not on every flush: redis-py encodes each str argument in Python.
+    return stream_key(session_key).encode(), attempts_key(session_key).encode()
+
+
+class FencedBatch(NamedTuple):  # a tuple, not a dataclass: one per run per flush, so on every token's path
     """One run's pending entries, written only while `fence` owns the run (or claims it)."""
 
     session_key: str
@@ -137,9 +149,10 @@ async def write_fenced(
 
 def _script_arguments(handler: RedisStreamResponseHandler, group: Sequence[FencedBatch]) -> list[Any]:
     """The script's key count, KEYS and ARGV for one group of runs (see `_FENCED_XADD`)."""
-    keys = [key for batch in group for key in (stream_key(batch.session_key), attempts_key(batch.session_key))]
-    runs = [[b.correlation_id, b.fence, int(b.claim), [_flat(fields) for fields in b.entries]] for b in group]
-    payload = json.dumps(runs, ensure_ascii=False, separators=(",", ":"))
+    keys = [key for batch in group for key in _script_keys(batch.session_key)]
+    shapes: dict[tuple[str, ...], int] = {}  # an entry's field names -> its shape's number (Lua counts from 1)
+    runs = [[b.correlation_id, b.fence, int(b.claim), [_shaped(fields, shapes) for fields in b.entries]] for b in group]
+    payload = json.dumps([list(shapes), runs], ensure_ascii=False, separators=(",", ":"))
     return [len(keys), *keys, handler.max_length, handler.ttl_seconds, payload]
 
 
@@ -147,9 +160,10 @@ def _by_slot(batches: Sequence[FencedBatch]) -> list[list[FencedBatch]]:
     # One script touches one cluster hash slot: a session's keys share theirs ({session}), different sessions rarely do.
     slots: dict[int, list[FencedBatch]] = {}
     for batch in batches:
-        slots.setdefault(key_slot(stream_key(batch.session_key).encode()), []).append(batch)
+        slots.setdefault(key_slot(_script_keys(batch.session_key)[0]), []).append(batch)
     return list(slots.values())
 
 
-def _flat(fields: Mapping[str, str]) -> list[str]:
-    return [item for pair in fields.items() for item in pair]
+def _shaped(fields: Mapping[str, str], shapes: dict[tuple[str, ...], int]) -> list[Any]:
+    # [shape number, values...]: a token's six names would otherwise be half of its JSON, and of its encoding time.
+    return [shapes.setdefault(tuple(fields), len(shapes) + 1), *fields.values()]

@@ -41,8 +41,8 @@ class RunLiveness:
         self.max_silence_seconds = max_silence_seconds
         self.last_progress = time.monotonic()
 
-    def progressed(self) -> None:
-        self.last_progress = time.monotonic()
+    def progressed(self, at: float | None = None) -> None:
+        self.last_progress = time.monotonic() if at is None else at
 
     def reason_to_end(self, now: float) -> str | None:
         """None while the run may still write its final marker; otherwise the error to end its stream with."""

@@ -52,6 +52,7 @@ Try it: `uv run python -m reliability.write_behind` streams a short run to Redis
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -171,11 +172,15 @@ class RunStreamWriter:
         """Queue one token; returns at once (never awaits Redis)."""
         if self.finished or not text:
             return
-        self._enqueue_numbered(TOKEN, text=text)
+        self._enqueue_numbered(TOKEN, text)
         self.streamed_text.append(text)
 
     def append_update(self, update: AgentResponseUpdate) -> None:
         """Queue an update's text and tool activity, in order; returns at once (never awaits Redis)."""
+        text = self.activity.only_text(update)  # a plain token: most updates, and every token's path
+        if text:
+            self.append_token(text)  # its entry shows the run moving
+            return
         self.liveness.progressed()  # every update shows the run moving, even one with no entry (an argument fragment)
         for kind, fields in self.activity.entries(update):
             self._append_entry(kind, fields)
@@ -248,6 +253,7 @@ class RunStreamWriter:
         """A newer attempt owns the run (the scheduler delivered it again): stop this one, write nothing more."""
         with self._pending_lock:
             self.superseded, self.finished, self.pending, self.held_final = True, True, [], None
+        self.flusher.queued(self)  # for the flusher to drop it
         logger.warning(
             "run %s: attempt %s was superseded by a newer attempt (the run was delivered again); stopping it",
             self.correlation_id,
@@ -295,19 +301,21 @@ class RunStreamWriter:
         with self._pending_lock:
             if self.final_queued or (self.finished and not heartbeat):
                 return
+            first = not self.pending  # the first entry since the flusher last took them: it must hear of this run
             if final and hold:
-                self.held_final = fields
+                self.held_final, first = fields, False
             else:
                 self.pending.append(fields)
             self.finished |= final
             self.final_queued |= final and not hold
-        if not heartbeat:
-            self.liveness.progressed()
         self.last_activity = time.monotonic()
+        if not heartbeat:
+            self.liveness.progressed(self.last_activity)
         if final and hold:
             assert self.dispatch is not None
             self.dispatch.on_verdict(self._release_final)
-        self.flusher.wake()
+        if first:
+            self.flusher.queued(self)
 
     def _release_final(self, recorded: bool) -> None:
         # The scheduler's verdict on the run's completion (reliability/dispatch.py), from its worker thread.
@@ -324,7 +332,7 @@ class RunStreamWriter:
                 self.correlation_id,
                 self.attempt,
             )
-        self.flusher.wake()
+        self.flusher.queued(self)  # to write its marker, or to drop it
 
 
 class StreamFlusher:
@@ -346,17 +354,23 @@ class StreamFlusher:
         self.round_trips = 0
         self.loop = loop or asyncio.get_running_loop()
         self._on_closed = on_closed  # e.g. stop the flusher's own thread (flusher_thread.py)
-        self._writers: list[RunStreamWriter] = []
+        self._writers: dict[RunStreamWriter, None] = {}  # every unfinished run's writer (an ordered set)
+        # The writers with something new to write, in the order they queued it; a writer is put here when its
+        # first entry since the last take is queued, so a flush looks at these, never at every writer.
+        self._queued: collections.deque[RunStreamWriter] = collections.deque()  # append/popleft: thread-safe
         self._wakeup = asyncio.Event()
-        self._wake_requested = False  # a wake-up is on its way: later entries need not send another
+        self._wake_requested = False  # a wake-up is on its way, or the flusher is busy: no need to send another
         self._heartbeat_seconds = DEFAULT_HEARTBEAT_SECONDS  # the shortest of the writers', from the last check
         self._task: asyncio.Task[None] | None = None
 
     def add(self, writer: RunStreamWriter) -> None:
         self.loop.call_soon_threadsafe(self._add, writer)
 
-    def wake(self) -> None:
-        # One call_soon_threadsafe (a write to the loop's self-pipe) per batch, not per token.
+    def queued(self, writer: RunStreamWriter) -> None:
+        """`writer` has something new for the flusher (from any thread)."""
+        self._queued.append(writer)
+        # One call_soon_threadsafe (a write to the loop's self-pipe) when the flusher sleeps, not per token:
+        # while it writes, what comes meanwhile is taken by its next flush without waking it.
         if not self._wake_requested:
             self._wake_requested = True
             self.loop.call_soon_threadsafe(self._wakeup.set)
@@ -385,7 +399,8 @@ class StreamFlusher:
                 self._on_closed()
 
     def _add(self, writer: RunStreamWriter) -> None:
-        self._writers.append(writer)
+        if not writer.written.done():  # not a run that started and ended before this call got here
+            self._writers[writer] = None
         if self._task is None or self._task.done():
             self._task = self.loop.create_task(self._flush_forever())
             self._task.add_done_callback(_log_if_failed)
@@ -417,26 +432,40 @@ class StreamFlusher:
         heartbeats_due = 0.0
         while self._writers:
             await self._wait_for_work()
-            self._wake_requested = False  # before taking: an entry queued after this wakes the flusher again
             now = time.monotonic()
             if now >= heartbeats_due:  # every writer, a few times per heartbeat interval: never per token
                 self._heartbeat_seconds = min(writer.heartbeat_seconds for writer in self._writers)
                 for writer in self._writers:
                     writer.add_heartbeat_if_silent(now)
                 heartbeats_due = now + self._heartbeat_seconds / 4
-            taken = {writer: writer.take_pending() for writer in self._writers if writer.pending}
+            taken = self._take_queued()
             for writer, (entries, _) in taken.items():
                 if writer.chunks is not None:  # telemetry: the GenAI chunk metrics, a batch at a time
                     writer.chunks.observe(entries, TOKEN, RESTART)
-            if taken:
-                await self._write_with_retries({writer: entries for writer, (entries, _) in taken.items()}, now)
-            ended = [writer for writer, (_, final) in taken.items() if final]
-            for writer in [*ended, *(w for w in self._writers if w.superseded and w not in ended)]:
-                self._writers.remove(writer)
-                _end_span(writer, "superseded" if writer.superseded else "final", writer.final_error)
-                writer.written.set_result(None)
+            batch = {writer: entries for writer, (entries, _) in taken.items() if entries}
+            if batch:
+                await self._write_with_retries(batch, now)
+            for writer, (_, final) in taken.items():
+                if (final or writer.superseded) and not writer.written.done():
+                    self._writers.pop(writer, None)
+                    _end_span(writer, "superseded" if writer.superseded else "final", writer.final_error)
+                    writer.written.set_result(None)
+
+    def _take_queued(self) -> dict[RunStreamWriter, tuple[list[dict[str, str]], bool]]:
+        # Each queued writer's entries, once (a writer may be queued twice: its second take is empty).
+        taken: dict[RunStreamWriter, tuple[list[dict[str, str]], bool]] = {}
+        while self._queued:
+            writer = self._queued.popleft()
+            if writer not in taken:
+                taken[writer] = writer.take_pending()
+        return taken
 
     async def _wait_for_work(self) -> None:
+        if self._queued:  # entries came while the last write was in flight: write them now, no wake-up needed
+            return
+        self._wake_requested = False  # asleep: the next writer with something new wakes the flusher
+        if self._queued:  # ... one that queued just before the flag was cleared, without a wake-up
+            return
         # Wake for new entries, or in time to write a heartbeat for a silent run.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._heartbeat_seconds / 2):  # cheaper than wait_for (no new task)
@@ -448,7 +477,8 @@ class StreamFlusher:
             FencedBatch(w.session_key, w.correlation_id, w.fence, not w.fence_claimed, e, _trace(w))
             for w, e in batch.items()
         ]
-        expire = [writer.session_key for writer in batch if self._expire_due(writer, now)]
+        expiring = [writer for writer in batch if self._expire_due(writer, now)]
+        expire = [writer.session_key for writer in expiring]
         # Retried for as long as readers wait out an outage (their idle timeout), so an answer that ends
         # while Redis restarts still ends with its done marker; capped backoff, so it is written soon after.
         delay, deadline = FIRST_RETRY_DELAY_SECONDS, time.monotonic() + self.handler.idle_timeout_seconds
@@ -469,8 +499,8 @@ class StreamFlusher:
                         writer.entries_written += len(entries)
                         written += len(entries)
                 telemetry.entries_written.add(written)
-                for writer in batch:
-                    writer.last_expire = now if writer.session_key in expire else writer.last_expire
+                for writer in expiring:
+                    writer.last_expire = now
                 return
             except REDIS_FAILURES as error:
                 if time.monotonic() + delay > deadline:
