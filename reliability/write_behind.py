@@ -40,7 +40,8 @@ redis-py (see docs/benchmarks.md). The flusher also:
 The flusher runs on the event loop it is given: the caller's by default, or, in the worker,
 a loop on a thread of its own (reliability/flusher_thread.py), so that a burst of agent work
 on the agents' loop cannot hold tokens back. Writers may live on another thread than their
-flusher: they hand entries over under a lock and wake it with `call_soon_threadsafe`.
+flusher: they hand entries over under a lock, and the first entry since the flusher last took theirs puts the
+writer in its queue and, if it sleeps, wakes it with `call_soon_threadsafe`.
 
 A retried write may repeat entries that did reach Redis before the connection
 dropped (the pipeline is not a transaction, so it also works on a cluster).
@@ -336,7 +337,7 @@ class RunStreamWriter:
 
 
 class StreamFlusher:
-    """Writes the pending entries of every run on one Redis client, one pipeline per wake-up.
+    """Writes the pending entries of every run on one Redis client: one write per flush, of the runs that queued some.
 
     It runs on `loop` (default: the caller's), the loop its handler's client belongs to.
     """
