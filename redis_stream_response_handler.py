@@ -55,9 +55,7 @@ def stream_key(session_key: str) -> str:
 def entry_fields(kind: str, correlation_id: str, sequence: int, text: str = "", **extra: str | int) -> dict[str, str]:
     """The fields of one stream entry, as Redis stores them."""
     fields = {"kind": kind, "text": text, "sequence": str(sequence), "correlation_id": correlation_id}
-    fields["timestamp"] = f"{time.time():.6f}"
-    fields.update((name, str(value)) for name, value in extra.items())  # a token has none: this is its hot path
-    return fields
+    return {**fields, "timestamp": f"{time.time():.6f}", **{name: str(value) for name, value in extra.items()}}
 
 
 @dataclass(frozen=True)
