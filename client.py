@@ -39,7 +39,7 @@ from redis_stream_response_handler import ERROR, RedisStreamResponseHandler, Str
 from reliability.durable_record import print_latest_recorded_answer, reattach_point_exists, settle_with_record
 from reliability.run_tracker import read_run
 from support.config import Settings, check_environment
-from support.console import EXIT_OK, EXIT_RUN_FAILED, announce, configure_telemetry, run_entry_point, setup_logging
+from support.console import EXIT_OK, announce, configure_telemetry, run_entry_point, setup_logging
 from support.scheduler import connect_client
 from support.services import Services, provide_services
 from support.sessions import correlation_id_of, new_session_key, session_for
@@ -110,10 +110,8 @@ async def print_answer(
         printer.print_chunk(chunk)
         final = chunk
     printer.end_line()
-    if not final.is_done:  # an error or cancelled marker, or nothing arrived for the idle timeout
-        printer.print_end(final)  # `error: ...` or `[client] the run was cancelled`
-        return EXIT_RUN_FAILED
-    if final.missing or conversation.verify:  # tokens lost on the way, or asked to check: the record decides
+    # No done marker, tokens lost on the way, or --verify: the durable record decides (a failed run exits 1).
+    if not final.is_done or final.missing or conversation.verify:
         return await settle_with_record(connections.scheduler, key, final, printer, conversation.verify)
     return EXIT_OK
 

@@ -26,7 +26,7 @@ from durabletask.client import TaskHubGrpcClient
 from durabletask.entities import EntityInstanceId
 
 from agents import AGENT_NAME
-from redis_stream_response_handler import START_OF_STREAM, RedisStreamResponseHandler, StreamChunk
+from redis_stream_response_handler import ERROR, START_OF_STREAM, RedisStreamResponseHandler, StreamChunk
 from support.console import EXIT_OK, EXIT_RUN_FAILED, announce
 from support.errors import UsageError
 from support.validation import entry_id_order
@@ -113,6 +113,8 @@ class AnswerPrinter(Protocol):
 
     def print_recovered(self, text: str) -> None: ...
 
+    def print_end(self, final: StreamChunk) -> None: ...
+
 
 async def print_latest_recorded_answer(scheduler: TaskHubGrpcClient, session_key: str, printer: AnswerPrinter) -> int:
     """The stream is gone (expired, or Redis restarted): print the answer the durable agent recorded.
@@ -136,7 +138,12 @@ async def print_latest_recorded_answer(scheduler: TaskHubGrpcClient, session_key
 async def settle_with_record(
     scheduler: TaskHubGrpcClient, session_key: str, final: StreamChunk, printer: AnswerPrinter, verify: bool
 ) -> int:
-    """Compare what was streamed with the durable record; replace a stream with gaps by the record."""
+    """Compare what was streamed with the durable record; replace a stream with gaps by the record.
+
+    A read that ended without a done marker (an error or cancelled marker, or silence) ends as `end_without_done` says.
+    """
+    if not final.is_done:
+        return await end_without_done(scheduler, session_key, final, printer)
     record = await asyncio.to_thread(wait_for_recorded_answer, scheduler, session_key, final.correlation_id)
     if record is None:
         print("error: the agent recorded no answer for this run; cannot verify or recover it", file=sys.stderr)
@@ -152,6 +159,34 @@ async def settle_with_record(
     if verify:
         announce("client", "verified: the answer matches the one the durable agent recorded")
     return EXIT_OK
+
+
+async def end_without_done(
+    scheduler: TaskHubGrpcClient, session_key: str, final: StreamChunk, printer: AnswerPrinter
+) -> int:
+    """The read ended without a done marker: an error or cancelled marker, or nothing for the idle timeout.
+
+    A worker that dies after the scheduler recorded its run's answer, but before the done marker reached
+    Redis (a moment: reliability/dispatch.py holds the marker for the scheduler's verdict), leaves its
+    readers with silence. The record has the answer then: it ends the read instead of an error.
+    """
+    record = None
+    if final.kind == ERROR and final.correlation_id:  # a cancelled run, or one that failed, has no answer to find
+        record = await asyncio.to_thread(recorded_answer, scheduler, session_key, final.correlation_id)
+    if record is None or _failed(record) or recorded_cancel_reason(record) is not None:
+        printer.print_end(final)  # `error: ...` or `[client] the run was cancelled`
+        return EXIT_RUN_FAILED
+    if printer.answer == record.text:
+        announce("client", "the stream ended without its done marker, but the agent recorded this answer")
+    else:
+        announce("client", "the stream ended before the answer did; the full answer, from the durable record:")
+        printer.print_recovered(record.text)
+    return EXIT_OK
+
+
+def _failed(answer: AgentResponse) -> bool:
+    # A failed run is recorded too, as a response whose text is the error (DurableAgentStateResponse.is_error).
+    return any(content.type == "error" for message in answer.messages for content in message.contents)
 
 
 async def reattach_point_exists(handler: RedisStreamResponseHandler, session_key: str, cursor: str | None) -> bool:

@@ -116,6 +116,27 @@ def test_a_gap_in_the_stream_is_filled_from_the_durable_record(worker: WorkerPro
     assert result.stdout.rstrip("\n").endswith(full_answer)
 
 
+def test_a_recorded_run_whose_done_marker_never_arrived_ends_with_the_record(worker: WorkerProcess) -> None:
+    """The worker died after the scheduler recorded the run, before its done marker's XADD: readers hear silence.
+
+    Default settings: the reader waits out the default idle timeout (20 s), then asks the record, which has
+    the answer: exit 0 and the answer, not "the worker may have died". The stream here keeps the run's
+    first half only, so the record's text is printed in full.
+    """
+    records, _ = json_run(worker, "-m", "Plan a 2-day trip to Lyon")
+    session, half = str(records[0]["session"]), len(records) // 2
+    stream = worker_redis(worker)
+    for record in records[half:]:  # the second half and the done marker never reached Redis
+        stream.xdel(stream_key(session), str(record["entry_id"]))
+
+    result = run_cli("client.py", "--session", session, "--cursor", "0-0", env=worker.env)
+
+    assert result.returncode == 0, result.stderr
+    assert "the stream ended before the answer did; the full answer, from the durable record" in result.stderr
+    assert "error:" not in result.stderr
+    assert result.stdout.rstrip("\n").endswith("".join(str(r["text"]) for r in records))
+
+
 def test_an_expired_stream_is_recovered_from_the_durable_record(worker: WorkerProcess) -> None:
     records, _ = json_run(worker, "-m", "Plan a 2-day trip to Ghent")
     session = str(records[0]["session"])
