@@ -73,29 +73,29 @@ class SharedRunResponse(Response):
 
     async def _stream(self, send: Send, reader: RunReader) -> None:
         """The run's frames as they come, until its end, a cut, or the client leaving."""
-        run = reader.run
-        while not reader.gone:
-            reader.arrived.clear()  # before looking: news that comes while this reader writes sets it again
-            if reader.position < run.end:
-                try:
-                    await _write(send, reader.unsent())
-                except ReaderTooSlowError as error:
-                    await _write(send, resume_event(error, reader.last_sent))
-                    return
-            elif run.ended:
-                if run.failure is not None:
-                    await self._tell_failure(send, reader, run.failure)
-                return
-            else:
-                await self._wait(send, reader)
-
-    async def _wait(self, send: Send, reader: RunReader) -> None:
-        """Wait for news; a keep-alive comment when none came for the ping interval."""
+        run, pinger = reader.run, _Pinger(reader, self.ping_seconds)
         try:
-            async with asyncio.timeout(self.ping_seconds):
-                await reader.arrived.wait()
-        except TimeoutError:
-            await _write(send, ServerSentEvent(comment=f"ping - {datetime.now(UTC)}").encode())
+            while not reader.gone:
+                reader.arrived.clear()  # before looking: news that comes while this reader writes sets it again
+                if reader.position < run.end:
+                    try:
+                        data = reader.unsent()
+                        pinger.wrote()
+                        await _write(send, data)
+                    except ReaderTooSlowError as error:
+                        await _write(send, resume_event(error, reader.last_sent))
+                        return
+                elif run.ended:
+                    if run.failure is not None:
+                        await self._tell_failure(send, reader, run.failure)
+                    return
+                elif pinger.owed:
+                    pinger.wrote()
+                    await _write(send, ServerSentEvent(comment=f"ping - {datetime.now(UTC)}").encode())
+                else:
+                    await reader.arrived.wait()
+        finally:
+            pinger.cancel()
 
     @staticmethod
     async def _tell_failure(send: Send, reader: RunReader, failure: Exception) -> None:
@@ -116,6 +116,33 @@ def resume_event(error: Exception, last_sent: str) -> bytes:
 
 async def _write(send: Send, data: bytes) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+class _Pinger:
+    """Owes the reader a keep-alive comment once nothing was written for `seconds`.
+
+    One timer per reader, moved on only when it fires (not a timeout per wait: that was a timer
+    created and cancelled for every event of every reader).
+    """
+
+    def __init__(self, reader: RunReader, seconds: float) -> None:
+        self.reader, self.seconds, self.owed = reader, seconds, False
+        self.loop = asyncio.get_running_loop()
+        self.written_at = self.loop.time()
+        self.timer = self.loop.call_later(seconds, self._due)
+
+    def wrote(self) -> None:
+        self.owed, self.written_at = False, self.loop.time()
+
+    def _due(self) -> None:
+        quiet = self.loop.time() - self.written_at
+        if quiet >= self.seconds:
+            self.owed, quiet = True, 0.0
+            self.reader.wake()
+        self.timer = self.loop.call_later(self.seconds - quiet, self._due)
+
+    def cancel(self) -> None:
+        self.timer.cancel()
 
 
 async def _until_disconnect(receive: Receive, reader: RunReader) -> None:
