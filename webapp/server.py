@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import Iterator
@@ -135,6 +136,11 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: Any = None) -> None:
         self.loop = asyncio.get_running_loop()
         await super().startup(sockets)
+        # What start-up made (the frameworks, the agent, the worker, the scheduler) lives as long as the process,
+        # yet every full garbage collection walked all of it again: a ~150 ms pause for every open stream at once
+        # (docs/benchmarks.md, the fan-out section). Frozen, the collector leaves it out.
+        gc.freeze()
+        gc.set_threshold(700, 10, 100)
         # uvicorn's own "running on" line is an INFO log, hidden at the sample's WARNING level.
         if self.started:
             url = f"http://{self.config.host}:{self.config.port}"
