@@ -15,7 +15,9 @@ the most Redis connections the whole stack held (CLIENT LIST, sampled every 0.5 
 excluded); the web process's CPU seconds over the wave and its peak RSS, and RSS per reader
 (peak minus the RSS before the readers came, over the readers).
 
-    uv run python -m benchmarks --only fan-out          # 1,000 and 10,000 readers (~2 minutes)
+Then, on a fresh web.py, RUN_STARTS POST /run at once: each one's time to its 202 (p50/p99).
+
+    uv run python -m benchmarks --only fan-out          # 100, 1,000 and 10,000 readers, then the starts (~2 minutes)
 """
 
 from __future__ import annotations
@@ -67,6 +69,36 @@ CASES = (
     Case(50, 20, agent_runs=False),  # the same fan-out, web.py's worker idle: the hub's cost alone
     Case(50, 20, quiet_sessions=450, readers_per_quiet_session=20, agent_runs=False),  # 10,000 readers
 )
+
+
+RUN_STARTS = 100  # POST /run at once, on a fresh web.py
+
+
+def measure_run_starts(redis_url: str, requests: int = RUN_STARTS) -> Row:
+    """`requests` POST /run at once on one web.py: how long each takes to answer 202 (issue 20: a start pool)."""
+    with web_process(redis_url) as web:
+        return asyncio.run(_start_runs(web, requests))
+
+
+async def _start_runs(web: Web, requests: int) -> Row:
+    limits = httpx.Limits(max_connections=None)  # every request on a connection of its own, all at once
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web.port}", timeout=60, limits=limits) as http:
+        await http.post("/agents/TravelPlanner/run", json={"message": RUN_MESSAGE})  # warm: the first gRPC channel
+
+        async def start() -> tuple[int, float]:
+            began = time.perf_counter()
+            response = await http.post("/agents/TravelPlanner/run", json={"message": RUN_MESSAGE})
+            return response.status_code, time.perf_counter() - began
+
+        answers = await asyncio.gather(*(start() for _ in range(requests)))
+    took = summarize_ms([seconds for _, seconds in answers])
+    return {
+        "requests": requests,
+        "accepted_202": sum(status == 202 for status, _ in answers),
+        "p50_ms": took["p50_ms"],
+        "p99_ms": took["p99_ms"],
+        "max_ms": took["max_ms"],
+    }
 
 
 def measure(redis_url: str, cases: Sequence[Case] = CASES) -> list[Row]:
