@@ -80,11 +80,11 @@ class SharedRunResponse(Response):
                 if reader.position < run.end:
                     try:
                         data = reader.unsent()
-                        pinger.wrote()
-                        await _write(send, data)
                     except ReaderTooSlowError as error:
                         await _write(send, resume_event(error, reader.last_sent))
                         return
+                    pinger.wrote()
+                    await _write(send, data)
                 elif run.ended:
                     if run.failure is not None:
                         await self._tell_failure(send, reader, run.failure)
