@@ -162,6 +162,7 @@ def run_fan_out_only(mode: Mode, results: dict[str, Any]) -> None:
         plain, _ = start_redis(stack, results)
         with timed("10. fan-out", results["seconds_per_section"]):
             results["fan_out"] = fan_out.measure(plain.url)
+            results["run_starts"] = [fan_out.measure_run_starts(plain.url)]
 
 
 def run_streaming_cost(plain: RedisTarget, mode: Mode, results: dict[str, Any]) -> None:

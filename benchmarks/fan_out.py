@@ -15,7 +15,9 @@ the most Redis connections the whole stack held (CLIENT LIST, sampled every 0.5 
 excluded); the web process's CPU seconds over the wave and its peak RSS, and RSS per reader
 (peak minus the RSS before the readers came, over the readers).
 
-    uv run python -m benchmarks --only fan-out          # 1,000 and 10,000 readers (~2 minutes)
+Then, on a fresh web.py, RUN_STARTS POST /run at once: each one's time to its 202 (p50/p99).
+
+    uv run python -m benchmarks --only fan-out          # 100, 1,000 and 10,000 readers, then the starts (~2 minutes)
 """
 
 from __future__ import annotations
@@ -67,6 +69,36 @@ CASES = (
     Case(50, 20, agent_runs=False),  # the same fan-out, web.py's worker idle: the hub's cost alone
     Case(50, 20, quiet_sessions=450, readers_per_quiet_session=20, agent_runs=False),  # 10,000 readers
 )
+
+
+RUN_STARTS = 100  # POST /run at once, on a fresh web.py
+
+
+def measure_run_starts(redis_url: str, requests: int = RUN_STARTS) -> Row:
+    """`requests` POST /run at once on one web.py: how long each takes to answer 202 (issue 20: a start pool)."""
+    with web_process(redis_url) as web:
+        return asyncio.run(_start_runs(web, requests))
+
+
+async def _start_runs(web: Web, requests: int) -> Row:
+    limits = httpx.Limits(max_connections=None)  # every request on a connection of its own, all at once
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web.port}", timeout=60, limits=limits) as http:
+        await http.post("/agents/TravelPlanner/run", json={"message": RUN_MESSAGE})  # warm: the first gRPC channel
+
+        async def start() -> tuple[int, float]:
+            began = time.perf_counter()
+            response = await http.post("/agents/TravelPlanner/run", json={"message": RUN_MESSAGE})
+            return response.status_code, time.perf_counter() - began
+
+        answers = await asyncio.gather(*(start() for _ in range(requests)))
+    took = summarize_ms([seconds for _, seconds in answers])
+    return {
+        "requests": requests,
+        "accepted_202": sum(status == 202 for status, _ in answers),
+        "p50_ms": took["p50_ms"],
+        "p99_ms": took["p99_ms"],
+        "max_ms": took["max_ms"],
+    }
 
 
 def measure(redis_url: str, cases: Sequence[Case] = CASES) -> list[Row]:
@@ -263,12 +295,30 @@ async def _read(port: int, read: Read, streaming: asyncio.Event, quiet_done: asy
 async def _events(
     reader: asyncio.StreamReader, read: Read, streaming: asyncio.Event, quiet_done: asyncio.Event
 ) -> None:
-    event, entry_id, data = "message", "", []
+    """Whatever arrived, in one read, split into events: line by line, the readers cost as much CPU as the web app.
+
+    The body is chunked (HTTP/1.1): a chunk's size line lands among an event's lines and is ignored, as the
+    status line and headers are. Every event that came in one read is timed at that read.
+    """
+    pending = b""
     while True:
         if not read.active and streaming.is_set():  # a quiet reader: streaming, now wait for the wave's end
             await quiet_done.wait()
             return
-        line = (await reader.readline()).decode().rstrip("\r\n")
+        arrived = await reader.read(2**16)
+        if not arrived:
+            return
+        now = time.time()
+        *blocks, pending = (pending + arrived).split(b"\r\n\r\n")
+        for block in blocks:
+            if _event(block.decode(), read, now, streaming):
+                return
+
+
+def _event(block: str, read: Read, now: float, streaming: asyncio.Event) -> bool:
+    """Take one event's lines into `read`; True once the run ended (done, error, cancelled)."""
+    event, entry_id, data = "message", "", []
+    for line in block.split("\r\n"):
         if line.startswith(": streaming") or line.startswith("retry:"):
             streaming.set()
         elif line.startswith("event:"):
@@ -277,15 +327,17 @@ async def _events(
             entry_id = line[3:].strip()
         elif line.startswith("data:"):
             data.append(line[5:].removeprefix(" "))
-        elif line == "" and data:
-            if event == "message":
-                read.text += "\n".join(data)
-                assert read.latencies is not None
-                read.latencies.append(time.time() - int(entry_id.split("-")[0]) / 1000)
-            elif event in ("done", "error", "cancelled"):
-                read.done = event == "done"
-                return
-            event, data = "message", []
+    if not data:
+        return False
+    if event == "message":
+        read.text += "\n".join(data)
+        assert read.latencies is not None
+        read.latencies.append(now - int(entry_id.split("-")[0]) / 1000)
+        return False
+    if event in ("done", "error", "cancelled"):
+        read.done = event == "done"
+        return True
+    return False
 
 
 async def _reader_main(port: int, plan: list[tuple[str, bool]]) -> None:

@@ -117,6 +117,16 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("wall_s", "wall s"),
         ],
     ),
+    "run_starts": (
+        "10b. Starting runs: concurrent POST /run on one web.py (its worker in the same process)",
+        [
+            ("requests", "requests at once"),
+            ("accepted_202", "accepted (202)"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("max_ms", "max ms"),
+        ],
+    ),
     "footprint": (
         "5. Redis footprint (MEMORY USAGE … SAMPLES 0) and its bounds",
         [

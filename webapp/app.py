@@ -61,14 +61,12 @@ from redis_stream_response_handler import (
     QUEUED,
     RESTART,
     START,
-    START_OF_STREAM,
     RedisStreamResponseHandler,
     StreamChunk,
 )
 from reliability.conversation_record import history_messages, recorded_conversation
 from reliability.durable_record import reattach_point_exists
 from reliability.durable_record import recorded_answer as recorded
-from reliability.run_tracker import read_run
 from support.config import Settings, check_environment
 from support.errors import UsageError
 from support.scheduler import connect_client
@@ -79,19 +77,19 @@ from webapp import ag_ui
 from webapp.activity_events import activity_event
 from webapp.cancel import cancel_run
 from webapp.guards import RequestGuard
+from webapp.shared_runs import Frame, SharedRuns
+from webapp.sse_response import SharedRunResponse
 from webapp.stream_budget import (
     RETRY_AFTER_SECONDS,
-    BudgetedEventSourceResponse,
     StreamBudget,
     request_handler,
     stream_hub,
     too_many_streams,
 )
-from webapp.stream_hub import HubReader, ReaderTooSlowError, ServerStoppingError
+from webapp.stream_hub import HubReader
 from worker import start_worker
 
 STATIC = Path(__file__).resolve().parent / "static"
-RETRY_MILLISECONDS = 1000  # how soon a browser's EventSource reconnects after a dropped connection
 PING_SECONDS = 10  # keep-alive comment while no entry arrives, so proxies keep the connection open
 RECORD_WAIT_SECONDS = 5.0  # how long GET /answer waits for the record to appear
 RECORD_POLL_SECONDS = 0.1
@@ -138,6 +136,7 @@ def create_app(environ: Mapping[str, str] | None = None, worker_setup: WorkerSet
             ):
                 # Every reader goes through the hub (webapp/stream_hub.py): a few Redis connections in all.
                 app.state.hub, app.state.handler, app.state.readers = hub, handler, HubReader(hub)
+                app.state.shared_runs = SharedRuns(app.state.readers, sse_frame)  # SSE readers share reads
                 app.state.client = connect_client(services.scheduler_endpoint, settings.taskhub)
                 app.state.agent = DurableAIAgentClient(app.state.client).get_agent(AGENT_NAME)
                 app.state.active_streams = 0  # open SSE responses; tests check disconnects bring it back to 0
@@ -238,8 +237,9 @@ async def stream_events(request: Request) -> Response:
     budget: StreamBudget = request.app.state.stream_budget
     if not budget.try_open():
         return too_many_streams(budget)
-    events = sse_events(request.app, session_key, cursor, correlation_id)
-    return BudgetedEventSourceResponse(events, ping=PING_SECONDS, budget=budget)
+    # The readers of one run from one cursor share its read and its encoded events (webapp/shared_runs.py).
+    runs: SharedRuns = request.app.state.shared_runs
+    return SharedRunResponse(runs, (session_key, cursor, correlation_id), ping=PING_SECONDS, budget=budget)
 
 
 async def _check_not_past_the_end(handler: RedisStreamResponseHandler, session_key: str, cursor: str) -> None:
@@ -250,33 +250,10 @@ async def _check_not_past_the_end(handler: RedisStreamResponseHandler, session_k
         raise BadRequestError(str(error)) from None
 
 
-async def sse_events(
-    app: Starlette, session_key: str, cursor: str | None, correlation_id: str | None
-) -> AsyncIterator[ServerSentEvent]:
-    """One SSE event per chunk of the run, ending after its done or error event.
-
-    The entries come from the stream hub (webapp/stream_hub.py). When the client disconnects,
-    sse-starlette cancels this generator; `read_run` leaves the hub, and `finally` records that
-    the stream is gone. A reader the hub cuts off (too slow, or the server stopping) gets an error
-    event whose id is the last one it received: its `Last-Event-ID` resumes it losing nothing.
-    """
-    handler: HubReader = app.state.readers
-    app.state.active_streams += 1
-    last_sent = cursor or START_OF_STREAM
-    try:
-        # No data, so no event for the page: just the reconnect delay, sent at once.
-        yield ServerSentEvent(comment="streaming", retry=RETRY_MILLISECONDS)
-        async for chunk in read_run(handler, session_key, cursor, correlation_id):
-            event = to_event(chunk)
-            if event is not None:
-                last_sent = event.id or last_sent
-                yield event
-    except (ReaderTooSlowError, ServerStoppingError) as error:
-        yield ServerSentEvent(f"{error}; resume after {last_sent}", event="error", id=last_sent)
-    except RedisError as error:  # an error event the page shows, not an aborted response it reconnects to
-        yield ServerSentEvent(f"Redis failed while streaming ({error}); reload to resume", event="error")
-    finally:
-        app.state.active_streams -= 1
+def sse_frame(chunk: StreamChunk) -> Frame | None:
+    """The chunk's SSE event, encoded: once per run and cursor, however many readers send it."""
+    event = to_event(chunk)
+    return None if event is None else Frame(chunk.entry_id, event.encode())
 
 
 def to_event(chunk: StreamChunk) -> ServerSentEvent | None:

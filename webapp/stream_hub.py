@@ -16,7 +16,8 @@ so a web process served at most as many readers as it held connections (200): 1,
 - **The same per-reader logic.** The hub hands each reader the raw entries (id, fields) that an
   XREAD of its own would have returned; `HubReader.read_entries` parses them with
   `StreamChunk.from_entry`, and `read_run` (reliability/run_tracker.py) applies the run tracker
-  (newest attempt only, repeats, gaps) and the idle timeout exactly as for a lone reader.
+  (newest attempt only, repeats, gaps) and the idle timeout exactly as for a lone reader. The SSE
+  readers of one run from one cursor share one such read, and its encoded events (webapp/shared_runs.py).
 - **Old cursors catch up, then join.** A reader whose cursor is behind the hub's position on that
   stream reads the entries in between with XRANGE, then takes the shared tail: no gap, no repeat.
 - **Bounded memory.** Each reader has a buffer of BUFFER_ENTRIES. A reader that falls that far

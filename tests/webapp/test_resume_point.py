@@ -19,7 +19,8 @@ from support.config import Settings
 from support.services import Services
 from support.sessions import new_session_key
 from tests.streams import write_entries
-from webapp.app import create_app
+from webapp.app import create_app, sse_frame
+from webapp.shared_runs import SharedRuns
 from webapp.stream_budget import StreamBudget
 
 STREAM = "/agents/TravelPlanner/stream"
@@ -40,6 +41,7 @@ async def stream(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, str, 
         ids += await write_entries(handler, session, [entry_fields(DONE, "run-1", 4, chunks=4)])
         app.state.handler, app.state.active_streams = handler, 0  # what the lifespan would set up
         app.state.readers, app.state.stream_budget = handler, StreamBudget(10)
+        app.state.shared_runs = SharedRuns(handler, sse_frame)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as http:
             yield http, session, ids
 
