@@ -147,8 +147,10 @@ async def read_with_client(env: dict[str, str], session: str, cuts: tuple[int, .
         if process.returncode == 0:
             log.ended = DONE
             return log
-        if printed == 0 and failed_starts < CLIENT_START_ATTEMPTS and "Redis" in stderr_text:
-            failed_starts += 1  # it could not reach Redis (restarting): a user would run it again
+        if printed == 0 and failed_starts < CLIENT_START_ATTEMPTS and "redis" in stderr_text.lower():
+            # It could not reach Redis (restarting): a user would run it again. Any case: the start-up check says
+            # "nothing usable answers at redis://… (REDIS_CONNECTION_STRING)" when the port refuses.
+            failed_starts += 1
             log.reconnects += 1
             await asyncio.sleep(1.0)
             continue
