@@ -79,6 +79,7 @@ from support.errors import UsageError
 from support.validation import entry_id_order, message_problem, validate_session_key
 from webapp.ag_ui_events import RunEvents, event_id_order, sse_frame
 from webapp.ag_ui_history import MessageIds, has_response, run_request_messages, thread_messages
+from webapp.sse_response import RETRY_MILLISECONDS  # a browser EventSource on the resume route: as the SSE route
 from webapp.stream_budget import BudgetedEventSourceResponse, StreamBudget, too_many_streams
 from webapp.stream_hub import ReaderTooSlowError, ServerStoppingError
 
@@ -86,7 +87,6 @@ PATH = "/ag-ui/TravelPlanner"
 RUN_KEY_PREFIX = "ag-ui-run:"
 THREAD_KEY_PREFIX = "ag-ui-thread:"  # a thread's newest AG-UI run id: what /connect joins
 PING_SECONDS = 10  # keep-alive comment while the run is silent, so proxies keep the connection open
-RETRY_MILLISECONDS = 1000  # for a browser EventSource on the resume route: how soon it reconnects
 # A run's record (its cursor and correlation id) must outlive its stream, whose TTL counts from the
 # stream's LAST write: keep the record that long after the run STARTED, plus an hour for the run itself.
 RUN_RECORD_EXTRA_SECONDS = 3600

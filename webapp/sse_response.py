@@ -12,6 +12,8 @@ frames of a SharedRun (webapp/shared_runs.py), already encoded, and does only wh
 - on a cut (too slow, the server stopping) an error event whose id is the last one THIS reader
   sent, so its Last-Event-ID resumes it losing nothing;
 - the client gone: it leaves the run (the run's last reader stops its read) and the budget.
+
+Seen at work: tests/webapp/test_shared_runs.py (the same bytes as a lone reader's), and the browser tests.
 """
 
 from __future__ import annotations
