@@ -13,6 +13,10 @@ collections skip. Called once the worker is set up, it shortened those full coll
 section 6); what remains is the runs' own garbage. CPython's documentation suggests the same
 call before forking workers, for copy-on-write; here it is for the pauses.
 
+A web process that holds thousands of open streams also considers full collections less often
+(`collect_fully_less_often`): each walks ~100 objects per open stream, ~0.6 s at 10,000 readers
+(docs/benchmarks.md, the fan-out section).
+
 Try it: `uv run python -m support.gc_pauses` prints how many objects a worker's imports leave.
 """
 
@@ -26,6 +30,15 @@ def freeze_startup_objects() -> int:
     gc.collect()  # garbage from start-up goes now, not frozen for ever
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def collect_fully_less_often(per_full: int = 100) -> None:
+    """Consider a full collection after `per_full` middle ones (CPython: 10); the young ones, most garbage, as before.
+
+    The price: garbage in reference cycles that outlived the young collections waits longer to be freed.
+    """
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, per_full)
 
 
 if __name__ == "__main__":

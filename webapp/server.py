@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import sys
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from support.config import check_environment
 from support.console import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, fail, run_entry_point, setup_logging
+from support.gc_pauses import collect_fully_less_often, freeze_startup_objects
 from support.telemetry import configure_telemetry
 from webapp.app import create_app
 from webapp.stream_hub import ServerStoppingError
@@ -144,20 +144,15 @@ class _Server(uvicorn.Server):
 
 
 def _collect_for_long_lived_streams() -> None:
-    """Garbage collection for a process that holds thousands of open streams.
+    """Garbage collection for a process that holds thousands of open streams (support/gc_pauses.py).
 
     A full collection walks every object the collector tracks, and pauses every stream meanwhile:
-    ~100 objects per open stream (its connection, request, response, tasks), so ~0.6 s at 10,000
-    readers (docs/benchmarks.md, the fan-out section). What start-up made (the frameworks, the
-    agent, the worker, the scheduler) lives as long as the process: frozen, the collector leaves it
-    out (it was ~150 ms of each pause at 1,000 readers). And a full collection is considered after
-    100 younger ones, not CPython's 10 (every few seconds while 1,000 readers stream tokens).
-    The young collections (most garbage) are unchanged; the price is that garbage in reference
-    cycles that outlived them waits longer to be freed.
+    ~100 objects per open stream, so ~0.6 s at 10,000 readers (docs/benchmarks.md, the fan-out section).
+    What start-up made (frameworks, agent, worker, scheduler) is frozen out of it (~150 ms of each pause
+    at 1,000 readers), and full collections come 10x less often.
     """
-    gc.freeze()
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, 100)
+    freeze_startup_objects()
+    collect_fully_less_often()
 
 
 if __name__ == "__main__":
