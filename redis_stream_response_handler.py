@@ -121,11 +121,12 @@ class RedisStreamResponseHandler:
         self.idle_timeout_seconds = idle_timeout_seconds
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> RedisStreamResponseHandler:
+    def from_url(cls, url: str, *, single_connection: bool = False, **options: Any) -> RedisStreamResponseHandler:
         # Redis or RedisCluster (support/redis_connection.py), fields as str; a socket timeout that outlasts
         # XREAD BLOCK (redis-py's 5 s default cuts it short).
         timeout = socket_timeout_outlasting(options.get("idle_timeout_seconds", 20.0))
-        client = async_client(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=timeout)
+        options_of_client = {"single_connection": single_connection, "socket_connect_timeout": 5}
+        client = async_client(url, decode_responses=True, socket_timeout=timeout, **options_of_client)
         return cls(client, **options)
 
     async def __aenter__(self) -> RedisStreamResponseHandler:

@@ -27,7 +27,7 @@ from agent_framework_durabletask import AgentCallbackContext
 import worker
 from redis_stream_response_handler import RedisStreamResponseHandler
 from reliability import write_behind
-from reliability.fencing import Fenced, FencedBatch
+from reliability.fencing import Fenced, FencedBatch, fields_of
 from reliability.stop_watch import cancel_reason
 from reliability.write_behind import run_key
 from support.console import run_entry_point
@@ -56,11 +56,12 @@ class MarkersOnlyCallback(worker.RedisStreamCallback):
         await writer.finish(usage=response.usage_details, cancelled=cancel_reason(response))
 
 
-async def write_plain(
-    handler: RedisStreamResponseHandler, batches: Sequence[FencedBatch], expire: Sequence[str] = ()
-) -> list[Fenced]:
+async def write_plain(handler: RedisStreamResponseHandler, batches: Sequence[FencedBatch]) -> list[Fenced]:
     """`reliability.fencing.write_fenced` without the fence: one pipeline of XADDs (+ EXPIREs); every attempt owns."""
-    await handler.write_streams([(batch.session_key, batch.entries) for batch in batches], expire)
+    streams = [
+        (batch.session_key, [fields_of(entry, batch.correlation_id) for entry in batch.entries]) for batch in batches
+    ]
+    await handler.write_streams(streams, [batch.session_key for batch in batches if batch.expire])
     return [Fenced(owned=True)] * len(batches)
 
 

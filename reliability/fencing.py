@@ -47,22 +47,29 @@ from typing import Any, NamedTuple
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from redis_stream_response_handler import RedisStreamResponseHandler, stream_key
+from redis_stream_response_handler import TOKEN, RedisStreamResponseHandler, entry_fields, stream_key
 
 ATTEMPTS_SUFFIX = ":attempts"
 TRACE_SUFFIX = ":trace"  # the attempts hash's field for a run's first traceparent: `{correlation id}:trace`
 
 # KEYS: each run's stream and attempts hash, in turn. ARGV: MAXLEN, TTL seconds, then ONE JSON argument:
 # [shapes, runs]. A shape is an entry's field names, in order ([["kind", "text", ...], ...]); the runs, in KEYS'
-# order: [[correlation id, fence token, 1 to claim else 0, [[shape number, value, value, ...], ...]], ...]: the
-# names travel once per flush, not once per entry. Returns each run's 1 (written) or 0 (refused: another attempt
-# owns the run).
+# order: [[correlation id, fence token, 1 to claim else 0, 1 to refresh the TTLs else 0, entries], ...]. An entry
+# is [shape number, value, value, ...] (the names travel once per flush, not once per entry), or a token's
+# [text, sequence, microseconds, attempt], whose fields the script fills in. Returns each run's 1 (written) or
+# 0 (refused: another attempt owns the run).
 _FENCED_XADD = """
 local function delivery(fence) return tonumber(string.match(fence, '^dispatch:(%d+)$')) end
+local function token_fields(entry, id)  -- the fields `entry_fields` gives a token, in the same order
+  local at = entry[3]
+  local timestamp = string.format('%d.%06d', math.floor(at / 1000000), at % 1000000)
+  return {'kind', 'token', 'text', entry[1], 'sequence', entry[2], 'correlation_id', id, 'timestamp', timestamp,
+    'attempt', entry[4]}
+end
 local payload, owned = cjson.decode(ARGV[3]), {}
 local shapes = payload[1]
 for r, run in ipairs(payload[2]) do
-  local stream, attempts, id, fence, claim, entries = KEYS[2 * r - 1], KEYS[2 * r], run[1], run[2], run[3], run[4]
+  local stream, attempts, id, fence, claim = KEYS[2 * r - 1], KEYS[2 * r], run[1], run[2], run[3]
   local owner, ok = redis.call('HGET', attempts, id), true
   if owner ~= fence then
     if owner and (claim ~= 1 or (delivery(fence) or math.huge) < (delivery(owner) or 0)) then
@@ -73,12 +80,20 @@ for r, run in ipairs(payload[2]) do
     end
   end
   if ok then
-    for _, entry in ipairs(entries) do
+    for _, entry in ipairs(run[5]) do
       local fields = {}
-      for i, name in ipairs(shapes[entry[1]]) do
-        fields[2 * i - 1], fields[2 * i] = name, entry[i + 1]
+      if type(entry[1]) == 'string' then
+        fields = token_fields(entry, id)
+      else
+        for i, name in ipairs(shapes[entry[1]]) do
+          fields[2 * i - 1], fields[2 * i] = name, entry[i + 1]
+        end
       end
       redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+    end
+    if run[4] == 1 then
+      redis.call('EXPIRE', stream, ARGV[2])
+      redis.call('EXPIRE', attempts, ARGV[2])
     end
   end
   owned[r] = ok and 1 or 0
@@ -97,6 +112,30 @@ def _script_keys(session_key: str) -> tuple[bytes, bytes]:
     return stream_key(session_key).encode(), attempts_key(session_key).encode()
 
 
+class Token(NamedTuple):
+    """A token as a writer queues it: the script fills in its fields (`entry_fields`'s, see `_FENCED_XADD`).
+
+    A tuple of four instead of a dict of six strings: built on every token's path, and half the JSON to encode.
+    """
+
+    text: str
+    sequence: int
+    microseconds: int  # when it was produced, since the epoch: the entry's `timestamp`
+    attempt: str
+
+
+Entry = Mapping[str, str] | Token  # an entry to write: its fields, or a token's
+
+
+def fields_of(entry: Entry, correlation_id: str) -> Mapping[str, str]:
+    """The fields Redis stores for `entry`: a Token's as the script writes them."""
+    if not isinstance(entry, Token):
+        return entry
+    seconds, microseconds = divmod(entry.microseconds, 1_000_000)
+    fields = entry_fields(TOKEN, correlation_id, entry.sequence, entry.text)
+    return fields | {"timestamp": f"{seconds}.{microseconds:06d}", "attempt": entry.attempt}
+
+
 class FencedBatch(NamedTuple):  # a tuple, not a dataclass: one per run per flush, so on every token's path
     """One run's pending entries, written only while `fence` owns the run (or claims it)."""
 
@@ -104,8 +143,9 @@ class FencedBatch(NamedTuple):  # a tuple, not a dataclass: one per run per flus
     correlation_id: str
     fence: str
     claim: bool  # the attempt's first write: take the run over from any older attempt
-    entries: Sequence[Mapping[str, str]]
+    entries: Sequence[Entry]
     trace: str = ""  # telemetry: the attempt's traceparent; a claim keeps the run's first one (see the docstring)
+    expire: bool = False  # refresh the TTLs of the run's stream and attempts hash (when due: not on every flush)
 
 
 class Fenced(NamedTuple):
@@ -113,16 +153,11 @@ class Fenced(NamedTuple):
     first_trace: str | None = None  # a claim with a `trace`: the run's first attempt's traceparent, if one was kept
 
 
-async def write_fenced(
-    handler: RedisStreamResponseHandler, batches: Sequence[FencedBatch], expire: Sequence[str] = ()
-) -> list[Fenced]:
-    """Write every batch in ONE round trip (a pipeline of scripts); `owned` is False where the attempt was superseded.
-
-    `expire`: session keys whose stream TTL is due for a refresh (with the final marker, or every few minutes).
-    """
+async def write_fenced(handler: RedisStreamResponseHandler, batches: Sequence[FencedBatch]) -> list[Fenced]:
+    """Write every batch in ONE round trip (a pipeline of scripts); `owned` is False where an attempt was superseded."""
     traced = [batch for batch in batches if batch.claim and batch.trace]
     groups = _by_slot(batches) if isinstance(handler.redis, RedisCluster) else [list(batches)] if batches else []
-    if len(groups) == 1 and not traced and not expire:  # the usual flush: one script call, no pipeline to build
+    if len(groups) == 1 and not traced:  # the usual flush: one script call, no pipeline to build
         return [
             Fenced(bool(ok)) for ok in await handler.redis.eval(_FENCED_XADD, *_script_arguments(handler, groups[0]))
         ]
@@ -133,9 +168,6 @@ async def write_fenced(
             pipe.hsetnx(attempts_key(batch.session_key), field, batch.trace)
         for group in groups:
             pipe.eval(_FENCED_XADD, *_script_arguments(handler, group))
-        for session_key in expire:
-            pipe.expire(stream_key(session_key), handler.ttl_seconds)
-            pipe.expire(attempts_key(session_key), handler.ttl_seconds)
         results = await pipe.execute()
     first_traces = {id(batch): results[2 * i] for i, batch in enumerate(traced)}
     scripts = results[2 * len(traced) : 2 * len(traced) + len(groups)]
@@ -151,7 +183,7 @@ def _script_arguments(handler: RedisStreamResponseHandler, group: Sequence[Fence
     """The script's key count, KEYS and ARGV for one group of runs (see `_FENCED_XADD`)."""
     keys = [key for batch in group for key in _script_keys(batch.session_key)]
     shapes: dict[tuple[str, ...], int] = {}  # an entry's field names -> its shape's number (Lua counts from 1)
-    runs = [[b.correlation_id, b.fence, int(b.claim), [_shaped(fields, shapes) for fields in b.entries]] for b in group]
+    runs = [[b.correlation_id, b.fence, int(b.claim), int(b.expire), _shaped(b.entries, shapes)] for b in group]
     payload = json.dumps([list(shapes), runs], ensure_ascii=False, separators=(",", ":"))
     return [len(keys), *keys, handler.max_length, handler.ttl_seconds, payload]
 
@@ -164,6 +196,9 @@ def _by_slot(batches: Sequence[FencedBatch]) -> list[list[FencedBatch]]:
     return list(slots.values())
 
 
-def _shaped(fields: Mapping[str, str], shapes: dict[tuple[str, ...], int]) -> list[Any]:
-    # [shape number, values...]: a token's six names would otherwise be half of its JSON, and of its encoding time.
-    return [shapes.setdefault(tuple(fields), len(shapes) + 1), *fields.values()]
+def _shaped(entries: Sequence[Entry], shapes: dict[tuple[str, ...], int]) -> list[Any]:
+    # A token as it is; other entries as [shape number, values...]: their names would be half of their JSON.
+    return [
+        entry if isinstance(entry, Token) else [shapes.setdefault(tuple(entry), len(shapes) + 1), *entry.values()]
+        for entry in entries
+    ]

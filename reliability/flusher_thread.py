@@ -42,9 +42,12 @@ def start_flusher_thread(redis_url: str, settings: Settings) -> StreamFlusher:
 
     async def open_on_its_loop() -> RedisStreamResponseHandler:
         # A redis.asyncio client (and its Entra ID token renewal) belongs to the loop it is used on: this one.
-        # The idle timeout bounds how long a write is retried through an outage (write_behind.py).
+        # The idle timeout bounds how long a write is retried through an outage (write_behind.py). One
+        # connection: the flusher's writes follow one another, and the pool's work around each was a
+        # measurable part of a token's cost (docs/benchmarks.md, section 7).
         return RedisStreamResponseHandler.from_url(
             redis_url,
+            single_connection=True,
             ttl_seconds=settings.stream_ttl_seconds,
             max_length=settings.stream_max_length,
             idle_timeout_seconds=settings.idle_timeout_seconds,

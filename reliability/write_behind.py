@@ -80,7 +80,7 @@ from redis_stream_response_handler import (
 )
 from reliability.activity import RunActivity, usage_fields
 from reliability.dispatch import current_dispatch
-from reliability.fencing import FencedBatch, write_fenced
+from reliability.fencing import Entry, FencedBatch, Token, fields_of, write_fenced
 from reliability.run_liveness import DEFAULT_MAX_SILENCE_SECONDS, RunLiveness
 from reliability.run_tracker import NUMBERED_KINDS, read_run
 from support import telemetry
@@ -134,7 +134,7 @@ class RunStreamWriter:
         self.streamed_text: list[str] = []  # the text readers have been sent, to compare with the final answer
         self.activity = RunActivity()  # the run's tool calls and usage, from its updates
         self.tokens_lost = 0  # tokens and tool entries the flusher could not write
-        self.pending: list[dict[str, str]] = []  # guarded by _pending_lock: the flusher may be on another thread
+        self.pending: list[Entry] = []  # guarded by _pending_lock: the flusher may be on another thread
         self.last_activity = time.monotonic()
         self.last_expire = float("-inf")
         self.finished = False  # the final marker is queued or held: nothing more is accepted (under _pending_lock)
@@ -142,7 +142,7 @@ class RunStreamWriter:
         # The scheduler's delivery of this run (reliability/dispatch.py), if the worker tracks them: its number
         # is the fence, and the run's own final marker is held until the scheduler accepts the run's completion.
         self.dispatch = current_dispatch()
-        self.held_final: dict[str, str] | None = None
+        self.held_final: Entry | None = None
         self.written: Future[None] = Future()  # ... and the flusher has written it (awaitable from any loop)
         self.liveness = RunLiveness(flusher.max_silence_seconds)  # created on the run's task, like the writer
         self._next_sequence = 0
@@ -173,7 +173,9 @@ class RunStreamWriter:
         """Queue one token; returns at once (never awaits Redis)."""
         if self.finished or not text:
             return
-        self._enqueue_numbered(TOKEN, text)
+        # A Token, not a dict of six strings: the fenced write's script fills in the rest (reliability/fencing.py).
+        self._enqueue(Token(text, self._next_sequence, time.time_ns() // 1000, self.attempt))
+        self._next_sequence += 1
         self.streamed_text.append(text)
 
     def append_update(self, update: AgentResponseUpdate) -> None:
@@ -244,7 +246,7 @@ class RunStreamWriter:
     def streamed(self) -> str:
         return "".join(self.streamed_text)
 
-    def take_pending(self) -> tuple[list[dict[str, str]], bool]:
+    def take_pending(self) -> tuple[list[Entry], bool]:
         """The entries queued so far, and whether the final marker is among them."""
         with self._pending_lock:
             batch, self.pending = self.pending, []
@@ -294,19 +296,21 @@ class RunStreamWriter:
         self._enqueue(entry_fields(kind, self.correlation_id, self._next_sequence, text, **extra))
         self._next_sequence += 1
 
-    def _enqueue(self, fields: dict[str, str], *, final: bool = False, hold: bool = False) -> None:
+    def _enqueue(self, entry: dict[str, str] | Token, *, final: bool = False, hold: bool = False) -> None:
         # Under the lock the flusher takes entries with: the final marker and `final_queued` go together,
         # so the flusher knows the batch that ends the run, and nothing is queued after it.
-        fields["attempt"] = self.attempt
-        heartbeat = fields["kind"] == HEARTBEAT
+        heartbeat = False
+        if not isinstance(entry, Token):  # a token carries its attempt already
+            entry["attempt"] = self.attempt
+            heartbeat = entry["kind"] == HEARTBEAT
         with self._pending_lock:
             if self.final_queued or (self.finished and not heartbeat):
                 return
             first = not self.pending  # the first entry since the flusher last took them: it must hear of this run
             if final and hold:
-                self.held_final, first = fields, False
+                self.held_final, first = entry, False
             else:
-                self.pending.append(fields)
+                self.pending.append(entry)
             self.finished |= final
             self.final_queued |= final and not hold
         self.last_activity = time.monotonic()
@@ -442,7 +446,9 @@ class StreamFlusher:
             taken = self._take_queued()
             for writer, (entries, _) in taken.items():
                 if writer.chunks is not None:  # telemetry: the GenAI chunk metrics, a batch at a time
-                    writer.chunks.observe(entries, TOKEN, RESTART)
+                    writer.chunks.observe(
+                        [fields_of(entry, writer.correlation_id) for entry in entries], TOKEN, RESTART
+                    )
             batch = {writer: entries for writer, (entries, _) in taken.items() if entries}
             if batch:
                 await self._write_with_retries(batch, now)
@@ -452,9 +458,9 @@ class StreamFlusher:
                     _end_span(writer, "superseded" if writer.superseded else "final", writer.final_error)
                     writer.written.set_result(None)
 
-    def _take_queued(self) -> dict[RunStreamWriter, tuple[list[dict[str, str]], bool]]:
+    def _take_queued(self) -> dict[RunStreamWriter, tuple[list[Entry], bool]]:
         # Each queued writer's entries, once (a writer may be queued twice: its second take is empty).
-        taken: dict[RunStreamWriter, tuple[list[dict[str, str]], bool]] = {}
+        taken: dict[RunStreamWriter, tuple[list[Entry], bool]] = {}
         while self._queued:
             writer = self._queued.popleft()
             if writer not in taken:
@@ -473,22 +479,33 @@ class StreamFlusher:
                 await self._wakeup.wait()
         self._wakeup.clear()
 
-    async def _write_with_retries(self, batch: dict[RunStreamWriter, list[dict[str, str]]], now: float) -> None:
+    async def _write_with_retries(self, batch: dict[RunStreamWriter, list[Entry]], now: float) -> None:
+        # The TTL is minutes long: refresh it a few times per TTL, and always with the final marker,
+        # so the stream lives a full TTL after the answer ends.
+        refresh_after = min(self.handler.ttl_seconds / 4, 60)
         fenced = [
-            FencedBatch(w.session_key, w.correlation_id, w.fence, not w.fence_claimed, e, _trace(w))
+            FencedBatch(
+                w.session_key,
+                w.correlation_id,
+                w.fence,
+                claim=not w.fence_claimed,
+                entries=e,
+                trace="" if w.fence_claimed else _trace(w),
+                expire=w.finished or now - w.last_expire >= refresh_after,
+            )
             for w, e in batch.items()
         ]
-        expiring = [writer for writer in batch if self._expire_due(writer, now)]
-        expire = [writer.session_key for writer in expiring]
         # Retried for as long as readers wait out an outage (their idle timeout), so an answer that ends
         # while Redis restarts still ends with its done marker; capped backoff, so it is written soon after.
         delay, deadline = FIRST_RETRY_DELAY_SECONDS, time.monotonic() + self.handler.idle_timeout_seconds
         while True:
             try:
-                owned = await write_fenced(self.handler, fenced, expire)  # refused where a newer attempt owns the run
+                owned = await write_fenced(self.handler, fenced)  # refused where a newer attempt owns the run
                 self.round_trips += 1
                 written = 0
-                for (writer, entries), (still_owner, first_trace) in zip(batch.items(), owned, strict=True):
+                for writer, sent, (still_owner, first_trace) in zip(batch, fenced, owned, strict=True):
+                    if sent.expire:
+                        writer.last_expire = now
                     if not writer.fence_claimed:  # the claim: its outcome, and (telemetry) a link to the first attempt
                         telemetry.link_to_first_attempt(writer.span, first_trace)
                         writer.fence_claimed = True
@@ -497,11 +514,9 @@ class StreamFlusher:
                     if not still_owner:
                         writer.supersede()
                     else:
-                        writer.entries_written += len(entries)
-                        written += len(entries)
+                        writer.entries_written += len(sent.entries)
+                        written += len(sent.entries)
                 telemetry.entries_written.add(written)
-                for writer in expiring:
-                    writer.last_expire = now
                 return
             except REDIS_FAILURES as error:
                 if time.monotonic() + delay > deadline:
@@ -514,12 +529,7 @@ class StreamFlusher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
 
-    def _expire_due(self, writer: RunStreamWriter, now: float) -> bool:
-        # The TTL is minutes long: refresh it a few times per TTL, and always with the final marker,
-        # so the stream lives a full TTL after the answer ends.
-        return writer.finished or now - writer.last_expire >= min(self.handler.ttl_seconds / 4, 60)
-
-    def _give_up(self, batch: dict[RunStreamWriter, list[dict[str, str]]], error: Exception) -> None:
+    def _give_up(self, batch: dict[RunStreamWriter, list[Entry]], error: Exception) -> None:
         telemetry.entries_lost.add(_count(batch))
         for writer, entries in batch.items():
             if not writer.claimed.done():  # unknown: the run goes on, as it does through any Redis trouble
@@ -543,7 +553,7 @@ def _log_if_failed(task: asyncio.Task[None]) -> None:
 
 def _trace(writer: RunStreamWriter) -> str:
     # A claiming write keeps the run's first traceparent beside the fence (reliability/fencing.py).
-    return telemetry.carrier_of(writer.span).get("traceparent", "") if not writer.fence_claimed else ""
+    return telemetry.carrier_of(writer.span).get("traceparent", "")
 
 
 def _end_span(writer: RunStreamWriter, outcome: str, error: str | None) -> None:
@@ -552,7 +562,7 @@ def _end_span(writer: RunStreamWriter, outcome: str, error: str | None) -> None:
         writer.span = None
 
 
-def _count(batch: dict[RunStreamWriter, list[dict[str, str]]]) -> int:
+def _count(batch: dict[RunStreamWriter, list[Entry]]) -> int:
     return sum(len(entries) for entries in batch.values())
 
 
@@ -563,9 +573,9 @@ def _current_task_or_none() -> asyncio.Task[Any] | None:
         return None
 
 
-def _count_tokens(entries: list[dict[str, str]]) -> int:
+def _count_tokens(entries: list[Entry]) -> int:
     # Tool entries count too: they take sequence numbers, so a reader sees them missing like tokens.
-    return sum(1 for fields in entries if fields["kind"] in NUMBERED_KINDS)
+    return sum(1 for entry in entries if isinstance(entry, Token) or entry["kind"] in NUMBERED_KINDS)
 
 
 async def _demo(redis_url: str) -> None:

@@ -108,12 +108,17 @@ def _unsplit(parts: SplitResult) -> str:
     return url
 
 
-def async_client(url: str, *, wait_for_connection: bool = False, **options: Any) -> AsyncRedis:
+def async_client(
+    url: str, *, wait_for_connection: bool = False, single_connection: bool = False, **options: Any
+) -> AsyncRedis:
     """A `redis.asyncio` client for `url`: `RedisCluster` or `Redis`, with an Entra ID token if asked.
 
     `wait_for_connection`: with `max_connections`, a command waits for a free connection (redis-py's
     BlockingConnectionPool) instead of failing with MaxConnectionsError; one node only (a cluster
     client keeps a pool per node).
+    `single_connection`: every command goes through ONE connection (redis-py's `single_connection_client`),
+    without the pool's check-out, liveness check and check-in around each: for a client whose commands
+    follow one another (the worker's flusher, reliability/flusher_thread.py); one node only, as above.
     """
     target = parse_target(url)
     if target.entra_id:
@@ -121,11 +126,13 @@ def async_client(url: str, *, wait_for_connection: bool = False, **options: Any)
     if target.cluster:
         return aioredis.RedisCluster.from_url(target.url, **options)
     if target.entra_id or wait_for_connection:
-        return _async_client_with_pool(target.url, options, wait_for_connection)
-    return aioredis.Redis.from_url(target.url, **options)
+        return _async_client_with_pool(target.url, options, wait_for_connection, single_connection)
+    return aioredis.Redis.from_url(target.url, single_connection_client=single_connection, **options)
 
 
-def _async_client_with_pool(url: str, options: dict[str, Any], wait_for_connection: bool) -> aioredis.Redis:
+def _async_client_with_pool(
+    url: str, options: dict[str, Any], wait_for_connection: bool, single_connection: bool
+) -> aioredis.Redis:
     """A client on a pool built here: a BlockingConnectionPool, or an Entra ID provider that renews its token.
 
     Workaround, redis-py 8.1–8.2: `Redis.from_url` keeps `credential_provider` for the pool only.
@@ -136,7 +143,11 @@ def _async_client_with_pool(url: str, options: dict[str, Any], wait_for_connecti
     """
     pool_class = aioredis.BlockingConnectionPool if wait_for_connection else aioredis.ConnectionPool
     pool = pool_class.from_url(url, **options)
-    client = aioredis.Redis(connection_pool=pool, credential_provider=options.get("credential_provider"))
+    client = aioredis.Redis(
+        connection_pool=pool,
+        credential_provider=options.get("credential_provider"),
+        single_connection_client=single_connection,
+    )
     client.auto_close_connection_pool = True  # as from_url does: closing the client closes its pool
     return client
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 import uuid
 
 import redis
@@ -16,8 +18,10 @@ from redis_stream_response_handler import (
     START,
     TOKEN,
     RedisStreamResponseHandler,
+    entry_fields,
     stream_key,
 )
+from reliability.fencing import attempts_key
 from reliability.run_liveness import ENDED_WITHOUT_A_MARKER
 from reliability.run_tracker import read_run
 from reliability.write_behind import RunStreamWriter, StreamFlusher
@@ -41,6 +45,26 @@ async def test_tokens_appended_faster_than_redis_round_trips_arrive_complete_and
     assert "".join(e["text"] for e in tokens) == "".join(f"{n} " for n in range(2000))
     assert entries[0]["kind"] == START and entries[-1]["kind"] == DONE and entries[-1]["chunks"] == "2000"
     assert writer.tokens_lost == 0
+
+
+async def test_a_token_is_stored_with_the_fields_entry_fields_describes(redis_url: str) -> None:
+    # The writer queues a token as a compact Token and the fenced write's Lua script fills in its fields:
+    # what Redis stores must still be `entry_fields`'s description, name for name, in the same order.
+    conversation, text = f"writer-{uuid.uuid4().hex}", 'naïve "quoted" ✓ \\ tab\t'
+    async with RedisStreamResponseHandler.from_url(redis_url) as handler:
+        writer = RunStreamWriter(StreamFlusher(handler), conversation, "run-1")
+        writer.start()
+        before = time.time()
+        writer.append_token(text)
+        await writer.finish()
+        stored = [e for e in await all_entries(handler, conversation) if e["kind"] == TOKEN]
+
+    assert len(stored) == 1
+    expected = entry_fields(TOKEN, "run-1", 0, text) | {"timestamp": stored[0]["timestamp"], "attempt": writer.attempt}
+    assert list(stored[0].items()) == list(expected.items())
+    assert (
+        re.fullmatch(r"\d+\.\d{6}", stored[0]["timestamp"]) and before <= float(stored[0]["timestamp"]) <= time.time()
+    )
 
 
 async def test_a_silent_run_writes_heartbeats(redis_url: str) -> None:
@@ -199,9 +223,10 @@ async def test_a_live_stream_has_its_ttl_from_the_first_write(redis_url: str) ->
         writer.append_token("first ")
         await until_written(handler, conversation, 2)  # the start marker and the token: the run is live
         ttl_while_live = await handler.redis.ttl(stream_key(conversation))
+        fence_ttl_while_live = await handler.redis.ttl(attempts_key(conversation))
         await writer.finish()
 
-    assert 0 < ttl_while_live <= 600
+    assert 0 < ttl_while_live <= 600 and 0 < fence_ttl_while_live <= 600
 
 
 async def test_a_resumed_read_starts_after_the_cursor_entry_never_at_it(redis_url: str) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import redis
@@ -51,7 +52,8 @@ from webapp.stream_hub import (
 async def hub_on(redis_url: str, idle_timeout_seconds: float = 10.0) -> AsyncIterator[tuple[StreamHub, str]]:
     """A running hub whose connections carry a name of their own (to count them in CLIENT LIST), and that name."""
     name = f"hub-test-{uuid.uuid4().hex[:8]}"
-    client = async_client(redis_url, wait_for_connection=True, **(hub_client_options() | {"client_name": name}))
+    options: dict[str, Any] = hub_client_options() | {"client_name": name}
+    client = async_client(redis_url, wait_for_connection=True, **options)
     async with StreamHub(client, idle_timeout_seconds) as hub:
         yield hub, name
 
