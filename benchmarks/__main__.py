@@ -6,6 +6,7 @@
     uv run --group bench python -m benchmarks --full --only cluster          # section 4b alone (~1 min)
     uv run python -m benchmarks --full --only streaming-cost   # section 7: the streaming layer's CPU/token (~1 min)
     uv run python -m benchmarks --full --only fencing-cost     # section 7b, one-off: the fence's CPU/token (~1 min)
+    uv run python -m benchmarks --full --only flusher-cost     # section 7c: the flusher's CPU/token in one process
     uv run python -m benchmarks --only fan-out                 # section 10: 100 / 1,000 / 10,000 SSE readers (~3 min)
 
 A private redis-server is started on a free port (and, when the binary supports
@@ -32,6 +33,7 @@ from typing import Any
 from benchmarks import (
     delivery_latency,
     fan_out,
+    flusher_cost,
     footprint,
     process_scaling,
     report,
@@ -72,7 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         choices=sorted(ONLY),
         help="run one section: process-scaling (6, the deployment shape), cluster (4b, on a local Redis Cluster), "
-        "streaming-cost (7, worker CPU per token with and without streaming), fencing-cost (7b, fence vs plain XADD) "
+        "streaming-cost (7, worker CPU per token with and without streaming), fencing-cost (7b, fence vs plain XADD), "
+        "flusher-cost (7c, the flusher's CPU per token in one process) "
         "or fan-out (10, readers per web process through the stream hub)",
     )
     return parser.parse_args(argv)
@@ -147,6 +150,7 @@ def run_all(mode: Mode, results: dict[str, Any]) -> None:
         with timed("5. footprint", timings):
             results["footprint"] = asyncio.run(footprint.measure(plain))
         run_streaming_cost(plain, mode, results)
+        run_flusher_cost(plain, mode, results)
 
 
 def run_process_scaling_only(mode: Mode, results: dict[str, Any]) -> None:
@@ -178,6 +182,19 @@ def run_streaming_cost_only(mode: Mode, results: dict[str, Any]) -> None:
     with ExitStack() as stack:
         plain, _ = start_redis(stack, results)
         run_streaming_cost(plain, mode, results)
+
+
+def run_flusher_cost(plain: RedisTarget, mode: Mode, results: dict[str, Any]) -> None:
+    # --quick: one short round of a few runs; --full: three rounds of 100 runs for 8 s.
+    seconds, rounds = (8.0, 3) if mode.name == FULL.name else (1.0, 1)
+    with timed("7c. flusher cost per token", results["seconds_per_section"]):
+        results["flusher_cost"] = flusher_cost.measure(plain.url, mode.cost_sessions, seconds, rounds)
+
+
+def run_flusher_cost_only(mode: Mode, results: dict[str, Any]) -> None:
+    with ExitStack() as stack:
+        plain, _ = start_redis(stack, results)
+        run_flusher_cost(plain, mode, results)
 
 
 def run_fencing_cost_only(mode: Mode, results: dict[str, Any]) -> None:
@@ -234,6 +251,7 @@ ONLY: dict[str, Callable[[Mode, dict[str, Any]], None]] = {
     "cluster": run_cluster_only,
     "streaming-cost": run_streaming_cost_only,
     "fencing-cost": run_fencing_cost_only,
+    "flusher-cost": run_flusher_cost_only,
 }
 
 

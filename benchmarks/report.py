@@ -146,6 +146,16 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
         "7b. Fencing cost per token: the fenced Lua script against a plain pipelined XADD (1 worker, 20 ms/token)",
         _COST_COLUMNS,
     ),
+    "flusher_cost": (
+        "7c. Flusher cost per token in one process (runs at 20 ms/token, 80 µs of agent work per token)",
+        [
+            ("sessions", "runs"),
+            ("tokens", "tokens"),
+            ("tokens_per_write", "tokens per write"),
+            ("flusher_us_per_token", "flusher thread CPU µs/token"),
+            ("agents_loop_us_per_token", "agents' loop CPU µs/token (beyond the agent work)"),
+        ],
+    ),
 }
 
 
