@@ -125,8 +125,8 @@ class RedisStreamResponseHandler:
         # Redis or RedisCluster (support/redis_connection.py), fields as str; a socket timeout that outlasts
         # XREAD BLOCK (redis-py's 5 s default cuts it short).
         timeout = socket_timeout_outlasting(options.get("idle_timeout_seconds", 20.0))
-        options_of_client = {"single_connection": single_connection, "socket_connect_timeout": 5}
-        client = async_client(url, decode_responses=True, socket_timeout=timeout, **options_of_client)
+        client_options = {"single_connection": single_connection, "socket_connect_timeout": 5}
+        client = async_client(url, decode_responses=True, socket_timeout=timeout, **client_options)
         return cls(client, **options)
 
     async def __aenter__(self) -> RedisStreamResponseHandler:

@@ -81,10 +81,11 @@ for r, run in ipairs(payload[2]) do
   end
   if ok then
     for _, entry in ipairs(run[5]) do
-      local fields = {}
+      local fields
       if type(entry[1]) == 'string' then
         fields = token_fields(entry, id)
       else
+        fields = {}
         for i, name in ipairs(shapes[entry[1]]) do
           fields[2 * i - 1], fields[2 * i] = name, entry[i + 1]
         end
