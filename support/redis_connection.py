@@ -117,8 +117,9 @@ def async_client(
     BlockingConnectionPool) instead of failing with MaxConnectionsError; one node only (a cluster
     client keeps a pool per node).
     `single_connection`: every command goes through ONE connection (redis-py's `single_connection_client`),
-    without the pool's check-out, liveness check and check-in around each: for a client whose commands
-    follow one another (the worker's flusher, reliability/flusher_thread.py); one node only, as above.
+    without the pool's check-out, liveness check and check-in around each (a pipeline still takes one from
+    the pool): for a client whose commands follow one another (the worker's flusher,
+    reliability/flusher_thread.py); one node only, as above.
     """
     target = parse_target(url)
     if target.entra_id:

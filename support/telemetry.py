@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -304,13 +304,12 @@ class ChunkClock:
         self.started_at = started_at  # the start marker's time: the agent's invocation
         self.streaming = True
 
-    def observe(self, entries: Sequence[Mapping[str, str]], token: str, restart: str) -> None:
+    def observe(self, entries: Iterable[tuple[str, float]], token: str, restart: str) -> None:
+        """`entries`: each entry's kind and when it was produced (epoch seconds), in stream order."""
         if not self.streaming:
             return
-        for fields in entries:
-            kind = fields["kind"]
+        for kind, at in entries:
             if kind == token:
-                at = float(fields["timestamp"])
                 if self.previous is None:
                     time_to_first_chunk.record(at - self.started_at, _INVOKE_AGENT)
                 else:
