@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from agent_framework import AgentResponse, Message
 from agent_framework_durabletask import AgentSessionId, DurableAgentState, DurableAgentStateResponse
@@ -173,7 +173,7 @@ async def end_without_done(
     record = None
     if final.kind == ERROR and final.correlation_id:  # a cancelled run, or one that failed, has no answer to find
         record = await asyncio.to_thread(recorded_answer, scheduler, session_key, final.correlation_id)
-    if record is None or _failed(record) or recorded_cancel_reason(record) is not None:
+    if not is_answer_to_show(record):
         printer.print_end(final)  # `error: ...` or `[client] the run was cancelled`
         return EXIT_RUN_FAILED
     if printer.answer == record.text:
@@ -182,6 +182,15 @@ async def end_without_done(
         announce("client", "the stream ended before the answer did; the full answer, from the durable record:")
         printer.print_recovered(record.text)
     return EXIT_OK
+
+
+def is_answer_to_show(record: AgentResponse | None) -> TypeGuard[AgentResponse]:
+    """True when a read that ended without its done marker should end with `record` instead: the run's answer.
+
+    Not when the record has no answer for the run (it never finished: the error stands), nor when the
+    recorded answer is a failure's or a stopped run's (the error or the stop is how the run ended).
+    """
+    return record is not None and not _failed(record) and recorded_cancel_reason(record) is None
 
 
 def _failed(answer: AgentResponse) -> bool:

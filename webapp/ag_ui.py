@@ -16,7 +16,9 @@
 Every run's events: RUN_STARTED, MESSAGES_SNAPSHOT (the thread before this run, from the durable
 record, and the run's user message), the answer's events, then MESSAGES_SNAPSHOT (the record with
 the answer) and RUN_FINISHED, whose outcome is {type: "cancelled"} for a stopped run (POST
-/agents/TravelPlanner/cancel/{threadId}); a failed run ends with RUN_ERROR. A threadId is a bearer
+/agents/TravelPlanner/cancel/{threadId}); a failed run ends with RUN_ERROR. A run whose done marker
+never reached the stream (its worker died a moment after the run was recorded) finishes with the
+record's snapshot, not RUN_ERROR. A threadId is a bearer
 secret: whoever knows it can read and continue the conversation.
 
 Bad input (not a RunAgentInput, no user message, an unsafe threadId or runId) is a 422 with the
@@ -39,9 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from ag_ui.core import (
@@ -72,8 +75,9 @@ from redis_stream_response_handler import (
     MARKERS_THAT_END_A_RUN,
     START_OF_STREAM,
     RedisStreamResponseHandler,
+    StreamChunk,
 )
-from reliability.durable_record import recorded_state
+from reliability.durable_record import is_answer_to_show, recorded_state
 from reliability.run_tracker import EntrySource, read_run
 from support.errors import UsageError
 from support.validation import entry_id_order, message_problem, validate_session_key
@@ -82,6 +86,8 @@ from webapp.ag_ui_history import MessageIds, has_response, run_request_messages,
 from webapp.sse_response import RETRY_MILLISECONDS  # a browser EventSource on the resume route: as the SSE route
 from webapp.stream_budget import BudgetedEventSourceResponse, StreamBudget, too_many_streams
 from webapp.stream_hub import ReaderTooSlowError, ServerStoppingError
+
+logger = logging.getLogger(__name__)
 
 PATH = "/ag-ui/TravelPlanner"
 RUN_KEY_PREFIX = "ag-ui-run:"
@@ -374,6 +380,27 @@ async def _recorded_outcome(app: Starlette, record: RunRecord) -> list[BaseEvent
     return [started, MessagesSnapshotEvent(messages=thread_messages(state)), finished]
 
 
+async def _ending_in_the_record(
+    app: Starlette, record: RunRecord, chunk: StreamChunk
+) -> tuple[StreamChunk, list[Message] | None]:
+    """A run's error ending, or a DONE and the thread's messages when the durable record holds its answer.
+
+    A worker that dies after the scheduler recorded its run, but before the done marker reached Redis,
+    leaves its readers with silence (the idle timeout's error) though the answer exists: the run then
+    finishes with the record's snapshot, as client.py ends with the record (reliability/durable_record.py).
+    """
+    if not chunk.correlation_id:  # no run started at all
+        return chunk, None
+    try:
+        state = await _state(app, record.thread_id)
+    except grpc.RpcError as error:  # the scheduler is unreachable too: the stream's own error stands
+        logger.warning("cannot ask the durable record about run %s (%s)", chunk.correlation_id, error)
+        return chunk, None
+    if state is None or not is_answer_to_show(state.try_get_agent_response(chunk.correlation_id)):
+        return chunk, None
+    return replace(chunk, kind=DONE, error=None), thread_messages(state)
+
+
 async def _outcome_frames(events: list[BaseEvent]) -> AsyncIterator[bytes]:
     """Events made from the durable record alone: no stream entry to number them by, so no `id:`."""
     for event in events:
@@ -399,7 +426,9 @@ async def _frames(
             if events.before is None:  # the first chunk: the snapshot that opens the run
                 events.before = await _history_before(app, record, chunk.correlation_id)
             final = None
-            if chunk.kind in (DONE, CANCELLED):  # the snapshot that closes it: the record, with this run
+            if chunk.kind == ERROR:  # the done marker may have been lost while the record has the answer
+                chunk, final = await _ending_in_the_record(app, record, chunk)
+            if chunk.kind in (DONE, CANCELLED) and final is None:  # the snapshot that closes it: the record
                 state = await _state_with_response(app, record.thread_id, chunk.correlation_id)
                 final = thread_messages(state) if state is not None else None
             if chunk.kind in MARKERS_THAT_END_A_RUN:

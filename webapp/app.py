@@ -9,7 +9,8 @@ app's lifespan.
     GET  /agents/TravelPlanner/stream/{session}?cursor=...&correlation_id=...
          -> text/event-stream: one event per stream entry after the cursor (the entry kinds and fields:
             redis_stream_response_handler.py); `id` = the Redis entry id, `event` = message (a token) |
-            tool_call | tool_result | restart | queued | done | error | cancelled (see `to_event`)
+            tool_call | tool_result | restart | queued | done | error | cancelled (see `to_event`); a run that
+            ended without its done marker but is in the durable record ends with `done` and `"from_record": true`
     POST /agents/TravelPlanner/cancel/{session}       -> stop the session's current run (webapp/cancel.py)
     GET  /agents/TravelPlanner/answer/{session}/{correlation_id}
          -> {"text": ...}: the answer the durable entity recorded (404 until it exists)
@@ -33,7 +34,9 @@ after the last event delivered: no gap, no duplicate.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +68,7 @@ from redis_stream_response_handler import (
     StreamChunk,
 )
 from reliability.conversation_record import history_messages, recorded_conversation
-from reliability.durable_record import reattach_point_exists
+from reliability.durable_record import is_answer_to_show, reattach_point_exists
 from reliability.durable_record import recorded_answer as recorded
 from support.config import Settings, check_environment
 from support.errors import UsageError
@@ -88,6 +91,8 @@ from webapp.stream_budget import (
 )
 from webapp.stream_hub import HubReader
 from worker import start_worker
+
+logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 PING_SECONDS = 10  # keep-alive comment while no entry arrives, so proxies keep the connection open
@@ -136,7 +141,10 @@ def create_app(environ: Mapping[str, str] | None = None, worker_setup: WorkerSet
             ):
                 # Every reader goes through the hub (webapp/stream_hub.py): a few Redis connections in all.
                 app.state.hub, app.state.handler, app.state.readers = hub, handler, HubReader(hub)
-                app.state.shared_runs = SharedRuns(app.state.readers, sse_frame)  # SSE readers share reads
+                # SSE readers share reads; one that ends in an error is checked against the record first.
+                app.state.shared_runs = SharedRuns(
+                    app.state.readers, sse_frame, functools.partial(done_from_record, app)
+                )
                 app.state.client = connect_client(services.scheduler_endpoint, settings.taskhub)
                 app.state.agent = DurableAIAgentClient(app.state.client).get_agent(AGENT_NAME)
                 app.state.active_streams = 0  # open SSE responses; tests check disconnects bring it back to 0
@@ -281,6 +289,30 @@ def to_event(chunk: StreamChunk) -> ServerSentEvent | None:
     if chunk.kind == QUEUED:  # the run waits for a free worker slot
         return ServerSentEvent("waiting for a free worker", event="queued", id=chunk.entry_id)
     return ServerSentEvent(chunk.text, event="message", id=chunk.entry_id)
+
+
+async def done_from_record(app: Starlette, session_key: str, chunk: StreamChunk) -> Frame | None:
+    """A `done` event for a read that ended with an error while the durable record holds the run's answer.
+
+    A worker that dies after the scheduler recorded its run, but before the done marker reached Redis
+    (or a Redis outage that outlasted the flusher's retries), leaves its readers with silence, though the
+    answer exists. The event's `from_record` tells the client to take the recorded answer (GET /answer/...),
+    as client.py does (reliability/durable_record.py, `end_without_done`). None: the error stands.
+    """
+    if not chunk.correlation_id:  # no run started at all
+        return None
+    loop = asyncio.get_running_loop()
+    try:
+        answer = await loop.run_in_executor(
+            app.state.record_threads, recorded, app.state.client, session_key, chunk.correlation_id
+        )
+    except grpc.RpcError as error:  # the scheduler is unreachable too: readers get the stream's own error
+        logger.warning("cannot ask the durable record about run %s (%s)", chunk.correlation_id, error)
+        return None
+    if not is_answer_to_show(answer):
+        return None
+    done = {"correlation_id": chunk.correlation_id, "chunks": None, "missing": None, "from_record": True}
+    return Frame(chunk.entry_id, ServerSentEvent(json.dumps(done), event="done", id=chunk.entry_id).encode())
 
 
 async def cancel(request: Request) -> Response:

@@ -22,6 +22,9 @@ one web process out of CPU (docs/benchmarks.md, the fan-out section). Here the r
 - **The run's end is everyone's.** Its done or error frame ends every reader; so do the hub
   stopping, a reader-too-slow cut of the shared read, or Redis failing: each reader then sends its
   own error event, with the last id IT sent.
+- **An ending the record can correct.** A read that ends with an error (the idle timeout, a worker's
+  error marker) is offered to `recover` first: where the durable record holds the run's answer (its
+  done marker never reached Redis), readers get the `done` event it returns instead (webapp/app.py).
 - The idle timeout is the stream's silence as seen by the shared read (a reader that joined late
   may hear it sooner than its own read would have: the stream was just as silent).
 
@@ -33,12 +36,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from redis_stream_response_handler import START_OF_STREAM, StreamChunk
+from redis_stream_response_handler import ERROR, START_OF_STREAM, StreamChunk
 from reliability.run_tracker import EntrySource, read_run
 from webapp.stream_hub import BUFFER_ENTRIES, ReaderTooSlowError, ServerStoppingError
 
@@ -46,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 RunKey = tuple[str, str | None, str | None]  # (session key, cursor, correlation id): readers that share a run
 Encoder = Callable[[StreamChunk], "Frame | None"]  # a chunk's SSE bytes (None: nothing to send for it)
+# A read that ended with an error chunk, for (session key, chunk): the frame to end it with instead, else None.
+Recover = Callable[[str, StreamChunk], Awaitable["Frame | None"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +88,14 @@ class RunReader:
 class SharedRun:
     """The frames of one (session, cursor, run), read and encoded by one task for all its readers."""
 
-    def __init__(self, key: RunKey, source: EntrySource, encode: Encoder) -> None:
+    def __init__(self, key: RunKey, source: EntrySource, encode: Encoder, recover: Recover | None = None) -> None:
         self.key = key
         self.frames: list[Frame] = []
         self.first = 0  # the position of frames[0]: the frames before it were dropped
         self.ended = False  # no frame will follow the last one
         self.failure: Exception | None = None  # why the read ended early (each reader tells its client)
         self.readers: set[RunReader] = set()
-        self._task = asyncio.create_task(self._read(source, encode), name=f"shared-run {key[0]}")
+        self._task = asyncio.create_task(self._read(source, encode, recover), name=f"shared-run {key[0]}")
 
     @property
     def end(self) -> int:
@@ -102,11 +107,12 @@ class SharedRun:
         """A new reader gets exactly its own read's frames only while none was dropped, and the read goes on."""
         return self.first == 0 and not self.ended
 
-    async def _read(self, source: EntrySource, encode: Encoder) -> None:
+    async def _read(self, source: EntrySource, encode: Encoder, recover: Recover | None) -> None:
         session_key, cursor, correlation_id = self.key
         try:
             async for chunk in read_run(source, session_key, cursor, correlation_id):
-                frame = encode(chunk)
+                recovered = await recover(session_key, chunk) if recover and chunk.kind == ERROR else None
+                frame = recovered or encode(chunk)
                 if frame is not None:
                     self._publish(frame)
         except (ReaderTooSlowError, ServerStoppingError, RedisError) as error:
@@ -137,15 +143,15 @@ class SharedRun:
 class SharedRuns:
     """Which SharedRun each reader joins: the live one for its (session, cursor, run), or a new one."""
 
-    def __init__(self, source: EntrySource, encode: Encoder) -> None:
-        self.source, self.encode = source, encode
+    def __init__(self, source: EntrySource, encode: Encoder, recover: Recover | None = None) -> None:
+        self.source, self.encode, self.recover = source, encode, recover
         self.joinable: dict[RunKey, SharedRun] = {}
         self._closing: set[asyncio.Task[None]] = set()  # held until done (the loop keeps only weak references)
 
     def join(self, key: RunKey) -> RunReader:
         run = self.joinable.get(key)
         if run is None or not run.joinable:
-            run = self.joinable[key] = SharedRun(key, self.source, self.encode)
+            run = self.joinable[key] = SharedRun(key, self.source, self.encode, self.recover)
         reader = RunReader(run, last_sent=key[1] or START_OF_STREAM)
         run.readers.add(reader)
         return reader

@@ -286,6 +286,33 @@ async def test_tokens_that_never_reached_the_stream_are_recovered_from_the_durab
     assert all(message["content"] == answer for message in snapshot if message["id"] == streamed_id)
 
 
+async def test_a_recorded_run_whose_done_marker_never_arrived_finishes_with_the_records_snapshot(
+    http: httpx.AsyncClient, redis: RedisStreamResponseHandler
+) -> None:
+    """The worker died after the scheduler recorded the run, before its done marker's XADD: the stream goes silent.
+
+    Default settings: after the default idle timeout (20 s) the run finishes with the record's snapshot (which
+    holds the whole answer), not RUN_ERROR. The stream keeps the run's first half only.
+    """
+    thread_id, run_id = new_ids()
+    complete = await post_run(http, run_input(thread_id, run_id, "Plan a 2-day trip to Lyon"))
+    entry_ids = sorted({event_id.split(".")[0] for event_id, _ in complete if event_id}, key=_entry_order)
+    tail = entry_ids[len(entry_ids) // 2 :]  # the second half and the done marker never reached Redis
+    await redis.redis.xdel(stream_key(thread_id), *tail)
+
+    events = await resume(http, thread_id, run_id)
+
+    assert_valid_agui([event for _, event in events], max_warnings=0)
+    assert [event["type"] for _, event in events][-3:] == ["TEXT_MESSAGE_END", "MESSAGES_SNAPSHOT", "RUN_FINISHED"]
+    answer = await recorded_answer(http, redis, thread_id, run_id)
+    assert text_of(events) != answer and answer.startswith(text_of(events))  # a part streamed ...
+    assert events[-2][1]["messages"][-1]["content"] == answer  # ... the whole answer in the closing snapshot
+
+
+def _entry_order(entry_id: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in entry_id.split("-"))
+
+
 @pytest.mark.parametrize(
     ("last_entry", "ending"),
     [

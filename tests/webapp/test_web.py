@@ -191,6 +191,35 @@ async def test_a_failing_run_ends_with_an_error_event(redis_url: str) -> None:
     assert "Demo model failure" in events[-1].data
 
 
+async def test_a_recorded_run_whose_done_marker_never_arrived_ends_with_done_from_the_record(
+    web: Server, http: httpx.AsyncClient, redis_url: str
+) -> None:
+    """The worker died after the scheduler recorded the run, before its done marker's XADD: readers hear silence.
+
+    Default settings: the read waits out the default idle timeout (20 s), then the app asks the record, which
+    has the answer: a `done` event that points there (the page then shows GET /answer), not "the worker may
+    have died". The stream keeps the run's first half only.
+    """
+    run = await start_run(http, "Plan a 2-day trip to Lyon")
+    complete = await read_run(http, run)
+    half = len(complete) // 2
+    with redis.Redis.from_url(redis_url) as client:  # the second half and the done marker never reached Redis
+        client.xdel(stream_key(run["session"]), *[event.id or "" for event in complete[half:]])
+
+    events = await read_run(http, run)
+
+    assert [e.id for e in events[:-1]] == [e.id for e in complete[:half]]
+    assert events[-1].event == "done" and "error" not in [e.event for e in events]
+    assert json.loads(events[-1].data) == {
+        "correlation_id": run["correlation_id"],
+        "chunks": None,
+        "missing": None,
+        "from_record": True,
+    }
+    answer = await http.get(f"/agents/TravelPlanner/answer/{run['session']}/{run['correlation_id']}")
+    assert answer.json()["text"] == "".join(e.data for e in complete if e.event == "message")
+
+
 @pytest.mark.parametrize(
     ("path", "headers"),
     [
