@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from support.ports import free_port, port_answers
+from support.private_redis import PrivateRedisServer
 from tests.conftest import ROOT, cli_environment
 
 if TYPE_CHECKING:
@@ -187,6 +188,36 @@ def test_the_page_is_a_chat_that_fits_a_phone(web_url: str) -> None:
 def _on_screen(page: Page, selector: str) -> bool:
     box = page.locator(selector).bounding_box()
     return box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+
+
+def test_an_answer_whose_end_never_reached_redis_is_shown_from_the_durable_record() -> None:
+    """Part way through, the worker can no longer write (its Redis user loses EVAL, the fenced write's command).
+
+    The rest of the answer and its done marker never reach the stream, but the run ends and is recorded. Default
+    settings: after the default idle timeout (20 s) the page gets `done` with `from_record`, and shows the answer
+    the durable agent recorded instead of "the worker may have died".
+    """
+    import redis
+    from playwright.sync_api import expect
+
+    with (
+        PrivateRedisServer(free_port()) as server,  # this test's own: its ACL changes below
+        running_web_app(DEMO_MODEL_TOKEN_DELAY_MS="30", REDIS_CONNECTION_STRING=server.url) as url,
+        page_asking(url, "Plan a 2-day trip to Lisbon") as page,
+    ):
+        page.wait_for_function("document.getElementById('raw').textContent.length > 40")
+        with redis.Redis.from_url(server.url) as client:
+            client.execute_command("ACL", "SETUSER", "default", "-eval")
+        expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=60_000)
+        shown = page.locator("#raw").text_content() or ""
+        session = page.locator("#session").text_content() or ""
+        correlation_id = page.evaluate("run.correlationId")
+        log = page.locator("#log").text_content() or ""
+        record = recorded_answer(url, session, correlation_id)
+
+    assert "the stream ended early; the answer shown is the durable record" in log
+    assert "the run failed" not in log
+    assert shown == record and "Lisbon" in shown
 
 
 def test_a_failed_run_shows_its_error_and_stops_reconnecting() -> None:
