@@ -25,6 +25,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +124,20 @@ def recorded_answer(base_url: str, session: str, correlation_id: str) -> str:
         return json.load(response)["text"]
 
 
+@dataclass(frozen=True)
+class PageAnswer:
+    shown: str  # the answer's text as the page shows it
+    log: str  # the page's log
+    recorded: str  # the answer the durable agent recorded for the page's run
+
+
+def page_answer(page: Page, base_url: str) -> PageAnswer:
+    """What the page shows for its run, and what the record holds (asked while web.py still runs)."""
+    session = page.locator("#session").text_content() or ""
+    recorded = recorded_answer(base_url, session, page.evaluate("run.correlationId"))
+    return PageAnswer(page.locator("#raw").text_content() or "", page.locator("#log").text_content() or "", recorded)
+
+
 def test_the_page_resumes_after_a_dropped_connection_without_losing_a_word(web_url: str) -> None:
     from playwright.sync_api import expect
 
@@ -132,16 +147,13 @@ def test_the_page_resumes_after_a_dropped_connection_without_losing_a_word(web_u
         expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting")
         expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=30_000)
 
-        shown = page.locator("#raw").text_content() or ""
-        session = page.locator("#session").text_content() or ""
-        correlation_id = page.evaluate("run.correlationId")
-        log = page.locator("#log").text_content() or ""
+        answer = page_answer(page, web_url)
         save_screenshot(page, "browser.png")
 
-    assert "connection dropped after event" in log
-    assert log.count("connected, resuming after") == 2  # the first connection, and the one after the drop
-    assert shown == recorded_answer(web_url, session, correlation_id)
-    assert "Lisbon" in shown
+    assert "connection dropped after event" in answer.log
+    assert answer.log.count("connected, resuming after") == 2  # the first connection, and the one after the drop
+    assert answer.shown == answer.recorded
+    assert "Lisbon" in answer.shown
 
 
 PHONE = {"width": 390, "height": 844}
@@ -209,15 +221,11 @@ def test_an_answer_whose_end_never_reached_redis_is_shown_from_the_durable_recor
         with redis.Redis.from_url(server.url) as client:
             client.execute_command("ACL", "SETUSER", "default", "-eval")
         expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=60_000)
-        shown = page.locator("#raw").text_content() or ""
-        session = page.locator("#session").text_content() or ""
-        correlation_id = page.evaluate("run.correlationId")
-        log = page.locator("#log").text_content() or ""
-        record = recorded_answer(url, session, correlation_id)
+        answer = page_answer(page, url)
 
-    assert "the stream ended early; the answer shown is the durable record" in log
-    assert "the run failed" not in log
-    assert shown == record and "Lisbon" in shown
+    assert "the stream ended early; the answer shown is the durable record" in answer.log
+    assert "the run failed" not in answer.log
+    assert answer.shown == answer.recorded and "Lisbon" in answer.shown
 
 
 def test_a_failed_run_shows_its_error_and_stops_reconnecting() -> None:
@@ -249,14 +257,10 @@ def test_a_run_waiting_for_a_free_worker_says_so_then_streams() -> None:
             expect(page.locator("#state")).to_have_attribute("data-state", "queued", timeout=10_000)
             queued_text = page.locator("#state").text_content() or ""
             expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=30_000)
-            shown = page.locator("#raw").text_content() or ""
-            session = page.locator("#session").text_content() or ""
-            correlation_id = page.evaluate("run.correlationId")
-            log = page.locator("#log").text_content() or ""
-        recorded = recorded_answer(url, session, correlation_id)
+            answer = page_answer(page, url)
 
-    assert "waiting for a free worker" in queued_text and log.count("waiting for a free worker") == 1
-    assert shown == recorded and "Lisbon" in shown
+    assert "waiting for a free worker" in queued_text and answer.log.count("waiting for a free worker") == 1
+    assert answer.shown == answer.recorded and "Lisbon" in answer.shown
 
 
 def start_run(base_url: str, message: str) -> None:

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 
 from support.config import Settings
 from support.services import Services
-from tests.webapp.test_browser import NEEDS_A_BROWSER, page_asking, recorded_answer
+from tests.webapp.test_browser import NEEDS_A_BROWSER, page_answer, page_asking
 from tests.webapp.test_web import demo_worker, serve
 from webapp.stream_hub import ServerStoppingError, StreamHub
 
@@ -37,17 +37,13 @@ def test_the_page_resumes_when_the_server_cuts_its_stream_off(redis_url: str) ->
         page.wait_for_function("document.getElementById('raw').textContent.length > 40")
         loops[0].call_soon_threadsafe(cut_off_every_reader, web.app.state.hub)
         expect(page.locator("#state")).to_have_attribute("data-state", "done", timeout=30_000)
-        shown = page.locator("#raw").text_content() or ""
-        session = page.locator("#session").text_content() or ""
-        correlation_id = page.evaluate("run.correlationId")
-        log = page.locator("#log").text_content() or ""
+        answer = page_answer(page, web.url)
         errors_shown = page.locator("#answer .error").count()
-        recorded = recorded_answer(web.url, session, correlation_id)
 
-    assert "the server is stopping; resume after" in log
-    assert log.count("connected, resuming after") == 2  # the first connection, and the one after the cut
+    assert "the server is stopping; resume after" in answer.log
+    assert answer.log.count("connected, resuming after") == 2  # the first connection, and the one after the cut
     assert errors_shown == 0  # the cut is no failure of the run
-    assert shown == recorded and "Lisbon" in shown
+    assert answer.shown == answer.recorded and "Lisbon" in answer.shown
 
 
 def cut_off_every_reader(hub: StreamHub) -> None:
