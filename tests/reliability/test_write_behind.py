@@ -54,7 +54,7 @@ async def test_a_token_is_stored_with_the_fields_entry_fields_describes(redis_ur
     async with RedisStreamResponseHandler.from_url(redis_url) as handler:
         writer = RunStreamWriter(StreamFlusher(handler), conversation, "run-1")
         writer.start()
-        before = time.time()
+        before = time.time_ns() // 1000  # whole microseconds, the unit the writer stores
         writer.append_token(text)
         await writer.finish()
         stored = [e for e in await all_entries(handler, conversation) if e["kind"] == TOKEN]
@@ -62,9 +62,9 @@ async def test_a_token_is_stored_with_the_fields_entry_fields_describes(redis_ur
     assert len(stored) == 1
     expected = entry_fields(TOKEN, "run-1", 0, text) | {"timestamp": stored[0]["timestamp"], "attempt": writer.attempt}
     assert list(stored[0].items()) == list(expected.items())
-    assert (
-        re.fullmatch(r"\d+\.\d{6}", stored[0]["timestamp"]) and before <= float(stored[0]["timestamp"]) <= time.time()
-    )
+    assert re.fullmatch(r"\d+\.\d{6}", stored[0]["timestamp"])
+    # In whole microseconds: time.time() keeps the fraction of a microsecond that the stored timestamp floors away.
+    assert before <= int(stored[0]["timestamp"].replace(".", "")) <= time.time_ns() // 1000
 
 
 async def test_a_silent_run_writes_heartbeats(redis_url: str) -> None:
