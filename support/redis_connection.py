@@ -114,12 +114,12 @@ def async_client(
     """A `redis.asyncio` client for `url`: `RedisCluster` or `Redis`, with an Entra ID token if asked.
 
     `wait_for_connection`: with `max_connections`, a command waits for a free connection (redis-py's
-    BlockingConnectionPool) instead of failing with MaxConnectionsError; one node only (a cluster
-    client keeps a pool per node).
+    BlockingConnectionPool) instead of failing with MaxConnectionsError; one node only (ignored for a
+    cluster, whose client keeps a pool per node).
     `single_connection`: every command goes through ONE connection (redis-py's `single_connection_client`),
     without the pool's check-out, liveness check and check-in around each (a pipeline still takes one from
     the pool): for a client whose commands follow one another (the worker's flusher,
-    reliability/flusher_thread.py); one node only, as above.
+    reliability/flusher_thread.py); one node only, ignored for a cluster as above.
     """
     target = parse_target(url)
     if target.entra_id:

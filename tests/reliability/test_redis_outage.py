@@ -161,7 +161,7 @@ async def test_a_reader_waiting_out_an_outage_holds_no_connection_and_stops_at_o
     reading.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reading
-    assert time.monotonic() - cancelled < 0.1  # at once: the wait is a plain sleep
+    assert time.monotonic() - cancelled < 1.0  # at once (not after the next reconnect): the wait is a plain sleep
     await handler.aclose()
 
 
