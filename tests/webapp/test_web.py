@@ -296,7 +296,11 @@ async def test_many_sse_readers_of_each_run_get_the_same_text_over_a_few_redis_c
     """Issue 20: readers share the hub's connections; a Redis connection per reader held 204 for 1,000 readers."""
     with (
         PrivateRedisServer(free_port()) as redis_server,
-        serve(redis_server.url, demo_worker(DEMO_MODEL_TOKEN_DELAY_MS="20")) as web,
+        # 5 s before each itinerary's first word: no run can end (and close its readers) before all 120 are
+        # streaming, which on a busy CI machine took longer than the shortest run's second of words.
+        serve(
+            redis_server.url, demo_worker(DEMO_MODEL_TOKEN_DELAY_MS="20", DEMO_MODEL_FIRST_TOKEN_DELAY_MS="5000")
+        ) as web,
     ):
         async with httpx.AsyncClient(base_url=web.url, timeout=60, limits=httpx.Limits(max_connections=None)) as http:
             runs = [await start_run(http, f"Plan a {days}-day trip to Oslo") for days in (1, 2, 3)]
