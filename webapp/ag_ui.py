@@ -18,8 +18,8 @@ record, and the run's user message), the answer's events, then MESSAGES_SNAPSHOT
 the answer) and RUN_FINISHED, whose outcome is {type: "cancelled"} for a stopped run (POST
 /agents/TravelPlanner/cancel/{threadId}); a failed run ends with RUN_ERROR. A run whose done marker
 never reached the stream (its worker died a moment after the run was recorded) finishes with the
-record's snapshot, not RUN_ERROR. A threadId is a bearer
-secret: whoever knows it can read and continue the conversation.
+record's snapshot, not RUN_ERROR. A threadId is a bearer secret: whoever knows it can read and
+continue the conversation.
 
 Bad input (not a RunAgentInput, no user message, an unsafe threadId or runId) is a 422 with the
 reason, and nothing is started. A runId already started on the thread is a 409: resume it instead.
