@@ -88,16 +88,11 @@ def announce_on_its_own_line(message: str) -> None:
 
     The client writes the answer to the stdout it shares with this process. Where stdout and
     stderr are one file (a terminal, `2>&1`), a status line would continue the partial answer's
-    line: it starts a line of its own instead. The line break and the line go in one write, as
-    the client may print the killed worker's last words at any moment; two writes let them in
-    between (CI saw "plan \nfor [crash-demo] killed …"). Words the client prints after it
-    follow on the next line, and the client ends that line before its restart notice.
+    line: it starts a line of its own instead, the break and the line in one write (CI saw the
+    killed worker's last word in between: "plan \\nfor [crash-demo] killed …"). Words the client
+    prints after it follow on the next line; the client ends that line before its restart notice.
     """
-    if not _same_file(sys.stdout, sys.stderr):
-        announce("crash-demo", message)
-        return
-    sys.stderr.write(f"\n[crash-demo] {message}\n")  # one write(2): line-buffered, shorter than the buffer
-    sys.stderr.flush()
+    announce("crash-demo", message, after_a_partial_line=_same_file(sys.stdout, sys.stderr))
 
 
 def _same_file(first: TextIO, second: TextIO) -> bool:

@@ -40,9 +40,16 @@ class NothingSent(KeyboardInterrupt):
     """Ctrl+C at a prompt: the program stops at once, and no message went to the agent."""
 
 
-def announce(component: str, message: str) -> None:
-    """One status line on stderr: `[component] message`."""
-    print(f"[{component}] {message}", file=sys.stderr, flush=True)
+def announce(component: str, message: str, *, after_a_partial_line: bool = False) -> None:
+    """One status line on stderr: `[component] message`, in one write.
+
+    `print` writes the text and its line break separately, and another process sharing the
+    terminal (a client streaming an answer) can write in between. `after_a_partial_line` starts
+    the line with a break, in the same write, for a line written while someone is mid-line.
+    """
+    line_break = "\n" if after_a_partial_line else ""
+    sys.stderr.write(f"{line_break}[{component}] {message}\n")  # short, line-buffered: one write(2)
+    sys.stderr.flush()
 
 
 @functools.cache
