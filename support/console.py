@@ -47,9 +47,7 @@ def announce(component: str, message: str, *, after_a_partial_line: bool = False
     terminal (a client streaming an answer) can write in between. `after_a_partial_line` starts
     the line with a break, in the same write, for a line written while someone is mid-line.
     """
-    line_break = "\n" if after_a_partial_line else ""
-    sys.stderr.write(f"{line_break}[{component}] {message}\n")  # short, line-buffered: one write(2)
-    sys.stderr.flush()
+    _write_line(f"[{component}] {message}", after_a_partial_line)
 
 
 @functools.cache
@@ -60,8 +58,14 @@ def announce_once(component: str, message: str) -> None:
 
 def fail(message: str, exit_code: int = EXIT_USAGE) -> int:
     """Print one `error:` line on stderr and return the exit code to use."""
-    print(f"error: {message}", file=sys.stderr)
+    _write_line(f"error: {message}")
     return exit_code
+
+
+def _write_line(line: str, after_a_partial_line: bool = False) -> None:
+    line_break = "\n" if after_a_partial_line else ""
+    sys.stderr.write(f"{line_break}{line}\n")  # short, and stderr is line-buffered: one write(2)
+    sys.stderr.flush()
 
 
 def run_entry_point(body: Callable[[], int], *, resume_hint: Callable[[], str] | None = None) -> int:
@@ -83,11 +87,11 @@ def _run(body: Callable[[], int], resume_hint: Callable[[], str] | None) -> int:
     except UsageError as error:
         return fail(str(error), EXIT_USAGE)
     except NothingSent:
-        print("\n[client] stopped at the prompt; nothing was sent", file=sys.stderr)
+        announce("client", "stopped at the prompt; nothing was sent", after_a_partial_line=True)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         if resume_hint is not None:
-            print(f"\n[client] {resume_hint()}", file=sys.stderr)
+            announce("client", resume_hint(), after_a_partial_line=True)
         return EXIT_TERMINATED if first_stop_signal() == signal.SIGTERM else EXIT_INTERRUPTED
     except grpc.RpcError as error:
         return fail(f"the scheduler failed the request: {error.code().name} {error.details()}", EXIT_RUN_FAILED)  # type: ignore[attr-defined]
